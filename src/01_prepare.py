@@ -1,0 +1,11 @@
+"""python src/01_prepare.py [--preset NAME] [--root DIR] [key=value ...]
+
+Clean, deduplicate and split trn.json into a prepared dataset under <root>/data/prepared/. The logic lives in prodesc/prepare.py; --help lists the options.
+"""
+
+import sys
+
+from prodesc import prepare
+
+if __name__ == "__main__":
+    sys.exit(prepare.main(sys.argv[1:]))

@@ -1,0 +1,82 @@
+"""Atomic writes: every artifact appears whole under its final name, or not at all.
+
+A file is written to a temporary sibling and renamed over the target (``os.replace`` is atomic
+on POSIX within one filesystem, Google Drive's FUSE mount included). A directory artifact is built
+in a temporary sibling directory and renamed into place only once it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _tmp_sibling(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def build_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory; on success, move it to ``final`` in one rename.
+
+    On an exception the temporary directory is removed and ``final`` is left as it was. With
+    ``overwrite`` an existing ``final`` is replaced only after the new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final, "tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final, overwrite=overwrite)
+
+
+def replace_dir(src: Path, final: Path, overwrite: bool = False) -> None:
+    """Move the complete directory ``src`` to ``final``, replacing an old one if ``overwrite``."""
+    old = None
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(src, ignore_errors=True)
+            raise FileExistsError(final)
+        old = _tmp_sibling(final, "old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(src, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

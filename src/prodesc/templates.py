@@ -1,0 +1,177 @@
+"""Prompt templates: how a title becomes a prompt and a description becomes the completion.
+
+A template is stored with the prepared data (``manifest.json``) so training, evaluation and the
+demo use the identical prompt. Two kinds:
+
+- ``chat``: conversational prompt/completion (a system and a user message, an assistant reply),
+  rendered by the tokenizer's own chat template. TRL then trains only the completion and the
+  closing end-of-turn token, so the model learns to stop.
+- ``text``: plain strings; the completion is followed by the tokenizer's EOS token in training.
+
+Your own template is a YAML file with the fields of :class:`PromptTemplate`, e.g.::
+
+    kind: text
+    prompt: "Product: {title}\\nDescription:"
+    completion: " {content}"
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prodesc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    """Template name (or the YAML file's stem)."""
+    kind: str
+    """`chat` (messages, rendered by the tokenizer's chat template) or `text` (plain strings)."""
+    prompt: str
+    """The user message (chat) or the prompt text (text); must contain {title}."""
+    completion: str = "{content}"
+    """The assistant reply (chat) or the completion text (text); must contain {content}."""
+    system: str = ""
+    """The system message (chat only; empty = none)."""
+
+    def __post_init__(self) -> None:
+        where = f"prompt template '{self.name}'"
+        if self.kind not in ("chat", "text"):
+            raise ConfigError(f"{where}: kind must be 'chat' or 'text', got {self.kind!r}")
+        _check_fields(where, "prompt", self.prompt, {"title"}, required="title")
+        _check_fields(where, "completion", self.completion, {"content"}, required="content")
+        _check_fields(where, "system", self.system, set(), required=None)
+        if self.kind == "text" and self.system:
+            raise ConfigError(f"{where}: 'system' is only for kind: chat")
+
+    def format_prompt(self, title: str) -> Any:
+        """The model input for ``title``: a list of messages (chat) or a string (text)."""
+        user = self.prompt.format(title=title)
+        if self.kind == "text":
+            return user
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        return messages + [{"role": "user", "content": user}]
+
+    def format_completion(self, content: str) -> Any:
+        """The training target for ``content``, in the same form as :meth:`format_prompt`."""
+        text = self.completion.format(content=content)
+        if self.kind == "text":
+            return text
+        return [{"role": "assistant", "content": text}]
+
+    @property
+    def completion_prefix(self) -> str:
+        """Fixed text the model writes before the description (stripped from generations)."""
+        return self.completion.split("{content}", 1)[0]
+
+    def extract(self, generated: str) -> str:
+        """The description inside a generation: drops the completion's fixed prefix if present."""
+        text = generated.strip()
+        prefix = self.completion_prefix.strip()
+        if prefix and text.startswith(prefix):
+            text = text[len(prefix):].strip()
+        return text
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _check_fields(where: str, part: str, text: str, allowed: set[str], required: str | None) -> None:
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except ValueError as err:
+        raise ConfigError(f"{where}: {part} is not a valid format string ({err}); write {{{{ }}}} for braces") from None
+    extra = names - allowed
+    if extra:
+        raise ConfigError(
+            f"{where}: {part} uses {{{sorted(extra)[0]}}}; only {{{required}}} is available there"
+            if required else f"{where}: {part} may not contain {{...}} fields"
+        )
+    if required and required not in names:
+        raise ConfigError(f"{where}: {part} must contain {{{required}}}")
+
+
+SYSTEM = (
+    "You write product descriptions for an online store. Given a product title, write the "
+    "description that would appear on its product page."
+)
+
+BUILTIN: dict[str, PromptTemplate] = {
+    t.name: t
+    for t in (
+        PromptTemplate(
+            name="chat",
+            kind="chat",
+            system=SYSTEM,
+            prompt="Product title: {title}",
+        ),
+        PromptTemplate(
+            name="descfmt",
+            kind="text",
+            prompt=(
+                "Based on the product title below, answer the question.\n"
+                "Question: What is the complete product description?\n"
+                "Title: {title}\n"
+            ),
+            completion="Description: {content}",
+        ),
+        PromptTemplate(
+            name="alpaca",
+            kind="text",
+            prompt=(
+                "Below is an instruction that describes a task, paired with an input that provides "
+                "further context. Write a response that appropriately completes the request.\n\n"
+                "### Instruction:\nWrite the product description for this product title.\n\n"
+                "### Input:\n{title}\n\n### Response:\n"
+            ),
+        ),
+        PromptTemplate(
+            name="ptbr_qa",
+            kind="text",
+            prompt='Pergunta: Qual é a descrição do produto "{title}"?\nResposta: ',
+        ),
+    )
+}
+
+
+def load_template(spec: str, base_dir: Path | None = None) -> PromptTemplate:
+    """A built-in name, or a path (absolute, or relative to ``base_dir``) to a YAML template."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    path = Path(spec).expanduser()
+    if path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(
+            f"unknown prompt template '{spec}' (data.template): choose one of "
+            f"{', '.join(BUILTIN)} or give a path to a .yaml template file"
+        )
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise ConfigError(f"prompt template file {path} not found (data.template)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"prompt template file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"prompt template file {path} must be a mapping of fields")
+    return from_dict({"name": path.stem, **raw}, where=str(path))
+
+
+def from_dict(raw: dict[str, Any], where: str = "template") -> PromptTemplate:
+    """Rebuild a template (from a manifest or a YAML file), rejecting unknown fields."""
+    known = {"name", "kind", "prompt", "completion", "system"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown template field '{unknown[0]}' (known: {', '.join(sorted(known))})")
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: template field '{key}' must be text, got {value!r}")
+    if "kind" not in raw or "prompt" not in raw:
+        raise ConfigError(f"{where}: a template needs at least 'kind' and 'prompt'")
+    return PromptTemplate(**raw)
