@@ -20,11 +20,15 @@ from __future__ import annotations
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from prodesc.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prodesc.config import Config
+    from prodesc.paths import RunPaths
 
 
 @dataclass(frozen=True)
@@ -140,18 +144,21 @@ BUILTIN: dict[str, PromptTemplate] = {
 }
 
 
-def load_template(spec: str, base_dir: Path | None = None) -> PromptTemplate:
-    """A built-in name, or a path (absolute, or relative to ``base_dir``) to a YAML template."""
+def template_for(cfg: "Config", paths: "RunPaths") -> PromptTemplate:
+    """The template named by ``data.template``: built-in, or a YAML file (relative = in the root)."""
+    spec = cfg.data.template
     if spec in BUILTIN:
         return BUILTIN[spec]
-    path = Path(spec).expanduser()
-    if path.suffix not in (".yaml", ".yml"):
+    if Path(spec).suffix not in (".yaml", ".yml"):
         raise ConfigError(
             f"unknown prompt template '{spec}' (data.template): choose one of "
             f"{', '.join(BUILTIN)} or give a path to a .yaml template file"
         )
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
+    return load_template_file(paths.inside_root(spec, "data.template"))
+
+
+def load_template_file(path: Path) -> PromptTemplate:
+    """Read your own template from a YAML file with the fields of :class:`PromptTemplate`."""
     if not path.is_file():
         raise ConfigError(f"prompt template file {path} not found (data.template)")
     try:

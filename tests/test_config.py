@@ -1,0 +1,141 @@
+"""Config: defaults < preset < overrides, strict keys and types, every shipped preset valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+import yaml
+
+from prodesc import config as C
+from prodesc.errors import ConfigError
+
+
+def write_preset(tmp_path, text: str):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_precedence_defaults_then_preset_then_overrides(tmp_path):
+    preset = write_preset(tmp_path, "train:\n  learning_rate: 1.0e-3\n  batch_size: 4\nlora:\n  r: 8\n")
+    cfg = C.load_config(preset, ["train.batch_size=2"])
+    assert cfg.train.learning_rate == 1e-3  # from the preset
+    assert cfg.train.batch_size == 2  # the override beats the preset
+    assert cfg.lora.r == 8
+    assert cfg.lora.alpha == C.LoraConfig().alpha  # untouched default
+    assert cfg.preset == "mine"
+
+
+def test_override_types_are_parsed_from_text():
+    cfg = C.load_config("cpu", [
+        "train.learning_rate=5e-5", "data.dedup=false", "lora.target_modules=q_proj,v_proj",
+        "eval.rows=all", "paths.run=exp-1", "model.name=org/model", "seed=7",
+    ])
+    assert cfg.train.learning_rate == 5e-5
+    assert cfg.data.dedup is False
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.eval.rows == "all"
+    assert cfg.run_name == "exp-1"
+    assert cfg.seed == 7
+
+
+def test_yaml_exponent_without_dot_is_a_float(tmp_path):
+    # PyYAML reads `1e-4` as a string; the loader must still accept it for a float key.
+    cfg = C.load_config(write_preset(tmp_path, "train:\n  learning_rate: 1e-4\n"))
+    assert cfg.train.learning_rate == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=1", "did you mean 'train.learning_rate'"),
+        ("trian.epochs=1", "did you mean 'train.epochs'"),
+        ("nonsense=1", "unknown config key 'nonsense'"),
+        ("train.batch_size=abc", "expects a whole number"),
+        ("train.batch_size=1.5", "expects a whole number"),
+        ("data.dedup=maybe", "expects true or false"),
+        ("model.backend=tpu", "must be one of auto, unsloth, hf"),
+        ("lora.r=0", "'lora.r' must be > 0"),
+        ("data.test_size=-1", "'data.test_size' must be"),
+        ("data.train_size=0.9", "add up to more than 1"),
+        ("paths.run=../escape", "not a plain folder name"),
+        ("paths.run=a/b", "not a plain folder name"),
+        ("train.epochs", "is not key=value"),
+        ("preset=t4", "unknown config key 'preset'"),
+    ],
+)
+def test_bad_overrides_are_rejected_with_a_clear_message(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        C.load_config("cpu", [override])
+
+
+def test_unknown_or_mistyped_keys_in_a_yaml_preset(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
+        C.load_config(write_preset(tmp_path, "train:\n  epoch: 2\n"))
+    with pytest.raises(ConfigError, match="expects a whole number"):
+        C.load_config(write_preset(tmp_path, "train:\n  batch_size: '8'\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        C.load_config(write_preset(tmp_path, "train: 3\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        C.load_config(write_preset(tmp_path, "train: [\n"))
+
+
+def test_unknown_preset_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="choose one of a100, cpu, l4, t4"):
+        C.load_config("t5")
+
+
+@pytest.mark.parametrize("name", C.preset_names())
+def test_every_shipped_preset_loads_and_round_trips(name):
+    cfg = C.load_config(name)
+    assert cfg.preset == name
+    again = C.from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+    # Presets must name 16-bit weights (merging into a *-bnb-4bit base loses quality).
+    assert "bnb-4bit" not in cfg.model.name
+    # The raw YAML holds only known keys (load_config would have raised) and says why in comments.
+    assert (C.PRESETS_DIR / f"{name}.yaml").read_text().lstrip().startswith("#")
+
+
+def test_presets_shipped_are_the_four_the_product_needs():
+    assert C.preset_names() == ["a100", "cpu", "l4", "t4"]
+    cpu = C.load_config("cpu")
+    assert cpu.model.name == C.EMBEDDED_MODEL and cpu.data.source == "bundled"
+    assert C.load_config("t4").model.load_in_4bit and C.load_config("t4").train.precision == "fp16"
+    for big in ("l4", "a100"):
+        assert C.load_config(big).train.precision == "bf16"
+
+
+@pytest.mark.parametrize(
+    "gpu, preset", [(None, "cpu"), (("Tesla T4", 15.0), "t4"), (("NVIDIA L4", 22.5), "l4"),
+                    (("NVIDIA A100-SXM4-40GB", 40.0), "a100"), (("NVIDIA A100 80GB", 80.0), "a100")],
+)
+def test_no_preset_chooses_by_hardware_and_says_so(monkeypatch, gpu, preset):
+    monkeypatch.setattr(C, "detect_gpu", lambda: gpu)  # stand-in for nvidia-smi: no GPU here
+    said = []
+    cfg = C.load_config(None, announce=said.append)
+    assert cfg.preset == preset
+    assert f"using preset '{preset}'" in said[0]
+
+
+def test_every_key_has_a_docstring():
+    docs = C.field_docs()
+    keys = C._flat_schema(C.Config()).keys()
+    missing = [k for k in keys if not docs.get(k)]
+    assert missing == []
+    assert "Peak learning rate" in C.list_keys()
+
+
+def test_config_types_are_all_supported_by_the_loader():
+    # Every field type must be one _coerce understands, so no key is silently unchecked.
+    for key, (tp, default) in C._flat_schema(C.Config()).items():
+        assert C._coerce(key, default, tp, from_text=False) == default
+
+
+def test_validation_runs_on_direct_construction_too():
+    with pytest.raises(ConfigError):
+        C.TrainConfig(batch_size=0)
+    assert dataclasses.is_dataclass(C.Config)
+    assert typing.get_type_hints(C.Config)["model"] is C.ModelConfig
