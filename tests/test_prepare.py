@@ -1,0 +1,297 @@
+"""01_prepare: reading every input form, cleaning, filtering, dedup, seeded splits, manifest."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from prodesc import prepare as prep
+from prodesc.config import load_config
+from prodesc.errors import DataError, UserError
+from prodesc.paths import RunPaths
+from prodesc.rawdata import clean_text
+from rawfiles import SHARED_SAMPLE, rows_for, write
+
+FRACTIONS = ["data.train_size=0.8", "data.validation_size=0.1", "data.test_size=0.1"]
+
+
+def run(root: Path, source, *overrides: str):
+    """Prepare ``source`` under ``root``; return (manifest, DatasetDict, RunPaths)."""
+    import datasets
+
+    cfg = load_config("cpu", [f"data.source={source}", *FRACTIONS, *overrides])
+    paths = RunPaths.from_config(cfg, root)
+    manifest = prep.prepare(cfg, paths)
+    return manifest, datasets.load_from_disk(str(paths.prepared_dataset)), paths
+
+
+def pairs(ds) -> list[tuple[str, str]]:
+    return [(r["title"], r["content"]) for split in ds.values() for r in split]
+
+
+def check_invariants(manifest, ds):
+    assert manifest["complete"] is True
+    assert manifest["rows_read"] == sum(manifest["dropped"].values()) + manifest["kept"]
+    assert manifest["kept"] == manifest["not_selected"] + sum(manifest["splits"].values())
+    assert {s: len(ds[s]) for s in prep.SPLITS} == manifest["splits"]
+    all_pairs = pairs(ds)
+    assert len(all_pairs) == len(set(all_pairs)), "duplicate (title, content) pairs"  # also: splits disjoint
+    for title, content in all_pairs:
+        for text in (title, content):
+            assert "&#" not in text and "&amp;" not in text and "&quot;" not in text
+            assert "<br" not in text and "<b>" not in text and "<p>" not in text
+            assert text == text.strip() and "  " not in text and "\n" not in text
+        assert len(content) >= 20 and len(title) >= 3
+
+
+# --------------------------------------------------------------------------- real and bundled rows
+
+
+def test_bundled_sample(tmp_path):
+    manifest, ds, _ = run(tmp_path, "bundled")
+    check_invariants(manifest, ds)
+    assert manifest["dropped"]["empty_content"] > 0.3 * manifest["rows_read"]
+    assert manifest["dropped"]["duplicate"] >= 5
+    assert manifest["dropped"]["title_too_short"] >= 1
+    assert manifest["dropped"]["content_too_long"] >= 1
+    contents = " ".join(r["content"] for r in ds["train"])
+    assert "’" in contents or "–" in contents  # entities became characters
+
+
+@pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="../shared/data is not beside this checkout")
+def test_real_rows_from_shared_data(tmp_path):
+    manifest, ds, _ = run(tmp_path, SHARED_SAMPLE)
+    check_invariants(manifest, ds)
+    assert manifest["rows_read"] == 203
+    assert manifest["dropped"]["empty_content"] == 3
+    raw = [json.loads(line) for line in SHARED_SAMPLE.read_text().splitlines()]
+    entity_titles = {clean_text(r["title"]) for r in raw if "&#8217;" in r["content"]}
+    kept = {r["title"]: r["content"] for split in ds.values() for r in split}
+    assert any("’" in kept[t] for t in entity_titles if t in kept)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_same_seed_same_splits_other_seed_other_splits(tmp_path):
+    src = write(tmp_path / "trn.jsonl", rows_for(300))
+    _, a, _ = run(tmp_path / "a", src)
+    _, b, _ = run(tmp_path / "b", src)
+    _, c, _ = run(tmp_path / "c", src, "seed=7")
+    assert all(a[s]["uid"] == b[s]["uid"] for s in prep.SPLITS)
+    assert set(a["test"]["uid"]) != set(c["test"]["uid"])
+
+
+def test_counts_and_subsample(tmp_path):
+    src = write(tmp_path / "trn.jsonl", rows_for(300))  # 200 usable rows
+    manifest, ds, _ = run(tmp_path, src, "data.train_size=50", "data.validation_size=10", "data.test_size=5")
+    assert manifest["splits"] == {"train": 50, "validation": 10, "test": 5}
+    assert manifest["not_selected"] == 200 - 65
+    manifest, ds, _ = run(tmp_path / "s", src, "data.subsample=100")
+    assert manifest["splits"] == {"train": 80, "validation": 10, "test": 10}
+
+
+def test_split_sizes_larger_than_the_data_is_an_error(tmp_path):
+    src = write(tmp_path / "trn.jsonl", rows_for(30))
+    with pytest.raises(DataError, match="only 20 usable rows remain"):
+        run(tmp_path, src, "data.train_size=100", "data.validation_size=10", "data.test_size=10")
+
+
+@pytest.mark.parametrize(
+    "sizes, available, expected",
+    [((0.8, 0.1, 0.1), 195, (157, 19, 19)), ((100, 10, 10), 500, (100, 10, 10)),
+     ((0, 0.1, 5), 100, (85, 10, 5)), ((10000, 1000, 1000), 12000, (10000, 1000, 1000))],
+)
+def test_split_counts(sizes, available, expected):
+    cfg = load_config("cpu", [f"data.{s}_size={v}" for s, v in zip(prep.SPLITS, sizes)])
+    assert tuple(prep.split_counts(cfg, available).values()) == expected
+
+
+# --------------------------------------------------------------------------- input forms
+
+
+def test_gz_array_jsonl_and_boms_give_identical_data(tmp_path):
+    rows = rows_for(120)
+    variants = {
+        "jsonl": write(tmp_path / "a.jsonl", rows),
+        "gz": write(tmp_path / "b.json.gz", rows),
+        "array": write(tmp_path / "c.json", rows, layout="array"),
+        "array_gz": write(tmp_path / "d.json.gz", rows, layout="array"),
+        "utf8_bom": write(tmp_path / "e.jsonl", rows, encoding="utf-8-sig"),
+        "utf16": write(tmp_path / "f.jsonl", rows, encoding="utf-16"),
+        "utf16_array": write(tmp_path / "g.json", rows, layout="array", encoding="utf-16"),
+    }
+    results = {name: run(tmp_path / name, src) for name, src in variants.items()}
+    reference = results["jsonl"][1]
+    for name, (manifest, ds, _) in results.items():
+        for split in prep.SPLITS:
+            assert ds[split].to_list() == reference[split].to_list(), name
+    assert results["array_gz"][0]["source"]["compression"] == "gzip"
+    assert results["array_gz"][0]["source"]["layout"] == "json-array"
+    assert results["utf16"][0]["source"]["encoding"] == "utf-16"
+
+
+def test_gzip_is_detected_from_bytes_not_the_name(tmp_path):
+    src = tmp_path / "trn.json"  # gzip data without .gz
+    src.write_bytes(gzip.compress(write(tmp_path / "x.jsonl", rows_for(60)).read_bytes()))
+    manifest, _, _ = run(tmp_path, src)
+    assert manifest["source"]["compression"] == "gzip" and manifest["kept"] == 40
+
+
+def test_malformed_lines_are_counted_not_fatal(tmp_path):
+    lines = [json.dumps(r) for r in rows_for(400)]
+    lines[5] = '{"title": "broken'
+    lines[9] = "[1, 2]"
+    src = tmp_path / "trn.jsonl"
+    src.write_bytes(("\n".join(lines) + "\n\n").encode() + b'{"title": "caf\xe9", "content": "latin-1 bytes"}\n')
+    manifest, ds, _ = run(tmp_path / "r", src)
+    assert manifest["dropped"]["malformed_json"] == 1
+    assert manifest["dropped"]["not_an_object"] == 1
+    assert manifest["dropped"]["not_utf8"] == 1
+    assert manifest["rows_read"] == 401
+    assert "line 6" in manifest["first_malformed"]
+    check_invariants(manifest, ds)
+
+
+def test_too_many_malformed_lines_stop_with_the_fix(tmp_path):
+    src = tmp_path / "trn.jsonl"
+    src.write_text("\n".join(["{bad json"] * 10 + [json.dumps(r) for r in rows_for(90)]) + "\n")
+    with pytest.raises(DataError, match=r"10 of 100 rows unreadable.*max_malformed_fraction"):
+        run(tmp_path / "r", src)
+    manifest, _, _ = run(tmp_path / "r2", src, "data.max_malformed_fraction=0.2")
+    assert manifest["dropped"]["malformed_json"] == 10
+
+
+def test_latin1_file_says_resave_as_utf8(tmp_path):
+    src = tmp_path / "trn.jsonl"
+    src.write_bytes("".join(
+        json.dumps({"title": f"Café crème {i}", "content": "Délicieux café, très bon. " * 2}, ensure_ascii=False) + "\n"
+        for i in range(50)
+    ).encode("latin-1"))
+    with pytest.raises(DataError, match="re-save it as UTF-8"):
+        run(tmp_path / "r", src)
+
+
+FULL_GZ = gzip.compress("".join(json.dumps(r) + "\n" for r in rows_for(3000)).encode())
+TRUNCATED_GZ = FULL_GZ[: len(FULL_GZ) // 2]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p, "not found"),
+        (lambda p: (p.mkdir(), p)[1], "is a folder"),
+        (lambda p: (p.write_bytes(b""), p)[1], "is empty"),
+        (lambda p: (p.write_bytes(TRUNCATED_GZ), p)[1], "truncated or corrupt gzip"),
+        (lambda p: (p.write_text('[{"title": "A thing", "content": "x"}, {"title"'), p)[1], "malformed|not closed"),
+    ],
+)
+def test_unreadable_files_give_one_clear_error(tmp_path, make, message):
+    src = make(tmp_path / "trn.json")
+    with pytest.raises(DataError, match=message):
+        run(tmp_path / "r", src)
+    assert not (tmp_path / "r" / "data" / "prepared").exists() or not any(
+        p for p in (tmp_path / "r" / "data" / "prepared").iterdir() if not p.name.startswith(".")
+    )
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"title": f"Item {i}", "description": "no content field here at all"} for i in range(20)], "missing_content.*need 'title' and 'content'"),
+        ([{"title": i, "content": ["a", "list"]} for i in range(20)], "wrong_type.*must be strings"),
+        ([{"title": f"Item {i}", "content": ""} for i in range(20)], "20 empty_content"),
+    ],
+)
+def test_all_rows_filtered_is_an_error_not_an_empty_dataset(tmp_path, rows, message):
+    with pytest.raises(DataError, match=message):
+        run(tmp_path / "r", write(tmp_path / "trn.jsonl", rows))
+
+
+def test_wrong_types_and_missing_fields_are_counted(tmp_path):
+    rows = rows_for(150) + [
+        {"title": None, "content": "x" * 40}, {"title": 12345, "content": "y" * 40},
+        {"content": "z" * 40}, {"title": "No content key"}, {"title": "Null content", "content": None},
+    ]
+    manifest, _, _ = run(tmp_path, write(tmp_path / "trn.jsonl", rows))
+    assert manifest["dropped"]["wrong_type"] == 3
+    assert manifest["dropped"]["missing_title"] == 1
+    assert manifest["dropped"]["missing_content"] == 1
+
+
+def test_a_one_megabyte_content_line_is_dropped_as_too_long(tmp_path):
+    rows = rows_for(60) + [{"title": "Huge", "content": "word " * 200_000}]
+    manifest, _, _ = run(tmp_path, write(tmp_path / "trn.jsonl", rows))
+    assert manifest["dropped"]["content_too_long"] == 1
+
+
+# --------------------------------------------------------------------------- reruns and atomicity
+
+
+def test_rerun_skips_overwrite_redoes_and_a_changed_source_is_refused(tmp_path, capsys):
+    src = write(tmp_path / "trn.jsonl", rows_for(90))
+    first, _, paths = run(tmp_path, src)
+    again, _, _ = run(tmp_path, src)
+    assert again == first and "already prepared" in capsys.readouterr().err
+    redone, _, _ = run(tmp_path, src, "overwrite=true")
+    assert redone["created"] >= first["created"] and redone["fingerprint"] == first["fingerprint"]
+    write(src, rows_for(120))  # the source file changed under the same settings
+    with pytest.raises(UserError, match="overwrite=true"):
+        run(tmp_path, src)
+
+
+def test_a_failure_mid_write_leaves_the_previous_dataset_untouched(tmp_path, monkeypatch):
+    src = write(tmp_path / "trn.jsonl", rows_for(90))
+    _, _, paths = run(tmp_path, src)
+    before = {p: p.read_bytes() for p in paths.prepared.rglob("*") if p.is_file()}
+
+    def explode(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # simulated full disk while saving
+
+    monkeypatch.setattr(prep, "write_dataset", explode)
+    with pytest.raises(OSError):
+        run(tmp_path, src, "overwrite=true")
+    after = {p: p.read_bytes() for p in paths.prepared.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in paths.prepared_root.iterdir()] == [paths.prepared_name]  # no temp left
+
+
+def test_prompt_and_completion_follow_the_template(tmp_path):
+    src = write(tmp_path / "trn.jsonl", rows_for(60))
+    manifest, ds, _ = run(tmp_path / "d", src, "data.template=descfmt")
+    row = ds["train"][0]
+    assert row["prompt"].endswith(f"Title: {row['title']}\n")
+    assert row["completion"] == f"Description: {row['content']}"
+    assert manifest["template"]["name"] == "descfmt"
+    _, chat, _ = run(tmp_path / "c", src)
+    assert chat["train"][0]["prompt"][-1] == {"role": "user", "content": f"Product title: {chat['train'][0]['title']}"}
+
+
+def test_a_user_template_file_inside_the_root(tmp_path):
+    (tmp_path / "mine.yaml").write_text('kind: text\nprompt: "Item: {title}\\nText:"\ncompletion: " {content}"\n')
+    src = write(tmp_path / "trn.jsonl", rows_for(60))
+    manifest, ds, _ = run(tmp_path, src, "data.template=mine.yaml")
+    assert ds["train"][0]["prompt"].startswith("Item: ") and manifest["template"]["name"] == "mine"
+
+
+# --------------------------------------------------------------------------- cleaning
+
+
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("Judith Kerr&#8217;s best&#8211;selling", "Judith Kerr’s best–selling"),
+        ("Tom &amp;amp; Jerry &amp;#8482;", "Tom & Jerry ™"),
+        ("Line one<br />line two <b>bold</b>", "Line one line two bold"),
+        ("fits wrists < 7 inches and > 5", "fits wrists < 7 inches and > 5"),
+        ("  tabs\tand\nnewlines   here ", "tabs and newlines here"),
+        ("&lt;script&gt;alert(1)&lt;/script&gt; ok", "alert(1) ok"),
+        ("a&nbsp;b\u200bc", "a bc"),
+        ("<!-- hidden --> shown", "shown"),
+    ],
+)
+def test_clean_text(raw, clean):
+    assert clean_text(raw) == clean
