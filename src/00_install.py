@@ -1,4 +1,4 @@
-"""python src/00_install.py [--root DIR] [--check]
+"""python src/00_install.py [--root DIR] [--venv DIR] [--check] [--debug]
 
 Install the pinned libraries for this machine (Colab GPU or local CPU) and print a report. The logic lives in prodesc/install.py; --help lists the options.
 """

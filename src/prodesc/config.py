@@ -23,8 +23,6 @@ import hashlib
 import inspect
 import json
 import re
-import shutil
-import subprocess
 import sys
 import types
 import typing
@@ -35,6 +33,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from prodesc.errors import ConfigError
+from prodesc.hardware import detect_gpu
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this package runs from (``src/prodesc`` → repo)."""
@@ -518,22 +517,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, not {type(data).__name__}")
     return data
-
-
-def detect_gpu() -> tuple[str, float] | None:
-    """(name, memory in GiB) of the first NVIDIA GPU via nvidia-smi, without importing torch."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout
-        name, mem = out.strip().splitlines()[0].rsplit(",", 1)
-        return name.strip(), float(mem) / 1024
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
 
 
 def preset_for_hardware(gpu: tuple[str, float] | None) -> str:

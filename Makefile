@@ -1,0 +1,23 @@
+# Two commands for a fresh machine (see README):
+#   make local   install into .venv, then run the pipeline on the embedded model + bundled sample
+#   make test    install into .venv, then run the test suite (what .ci/run runs)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ROOT   ?= artifacts
+
+.PHONY: install local test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY)
+	$(PY) src/00_install.py
+
+local: install
+	$(PY) src/01_prepare.py --preset cpu --root $(ROOT)
+	@echo "prepared data and manifest: $(ROOT)/data/prepared/ (stages 02-04 arrive with issues #3-#5)"
+
+test: install
+	$(PY) -m pytest -q

