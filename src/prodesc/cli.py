@@ -17,7 +17,7 @@ from typing import Callable
 
 from prodesc import config as config_mod
 from prodesc.config import Config
-from prodesc.errors import UserError
+from prodesc.errors import run_guarded
 from prodesc.paths import RunPaths, resolve_root
 
 Body = Callable[[Config, RunPaths], None]
@@ -57,33 +57,22 @@ def build_parser(prog: str, doc: str) -> argparse.ArgumentParser:
 def run_stage(prog: str, doc: str, argv: list[str] | None, body: Body) -> int:
     """Parse ``argv``, build the config and paths, run ``body``; return the exit code."""
     args = build_parser(prog, doc).parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.list_keys:
-            print(config_mod.list_keys())
-            return 0
-        overrides = list(args.overrides)
-        if args.root:
-            overrides.append(f"paths.root={args.root}")
-        cfg = config_mod.load_config(args.preset, overrides, announce=log)
-        if args.print_config:
-            print(cfg.to_yaml(), end="")
-            return 0
-        root, origin = resolve_root(cfg.paths.root or None)
-        paths = RunPaths.from_config(cfg, root)
-        log(f"root: {root} ({origin}); preset: {cfg.preset}; run: {cfg.run_name}")
-        body(cfg, paths)
+    return run_guarded(lambda: _run(args, body), args.debug)
+
+
+def _run(args: argparse.Namespace, body: Body) -> int:
+    if args.list_keys:
+        print(config_mod.list_keys())
         return 0
-    except UserError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:  # disk full, read-only root, permissions: the OS says what and where
-        if args.debug:
-            raise
-        where = f": {err.filename}" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    overrides = list(args.overrides)
+    if args.root:
+        overrides.append(f"paths.root={args.root}")
+    cfg = config_mod.load_config(args.preset, overrides, announce=log)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    root, origin = resolve_root(cfg.paths.root or None)
+    paths = RunPaths.from_config(cfg, root)
+    log(f"root: {root} ({origin}); preset: {cfg.preset}; run: {cfg.run_name}")
+    body(cfg, paths)
+    return 0
