@@ -60,7 +60,7 @@ def test_help_runs_without_torch(script):
     assert "usage:" in res.stdout
 
 
-@pytest.mark.parametrize("script", [s for s in SCRIPTS if s != "00_install.py"])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_print_config_runs_without_torch(script, tmp_path):
     res = run(["-c", NO_HEAVY, f"src/{script}", "--preset", "cpu", "--print-config", "train.max_steps=3"])
     assert res.returncode == 0, res.stderr

@@ -19,6 +19,7 @@ Exit codes: 0 all imports work; 1 something is missing or pip failed; 2 a usage 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -597,11 +598,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"virtualenv to create and use from a plain system Python (default: {DEFAULT_VENV})",
     )  # fmt: skip
     parser.add_argument("--check", action="store_true", help="install nothing: only check and report")
+    parser.add_argument(
+        "--print-config", nargs="*", metavar="key=value",
+        help="print the config the next stages would use (with --preset and overrides) and exit",
+    )  # fmt: skip
+    parser.add_argument("--preset", help="with --print-config: preset name or YAML file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
 
 
+def print_config(preset: str | None, overrides: Sequence[str]) -> int:
+    """The config the next stages would resolve here. It needs PyYAML, which this stage installs:
+    the import is inside the function so the rest of the installer stays stdlib-only."""
+    if importlib.util.find_spec("yaml") is None:
+        raise UserError("--print-config needs PyYAML: run `python src/00_install.py` first")
+    from prodesc.config import load_config
+
+    print(load_config(preset, list(overrides), announce=log).to_yaml(), end="")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.print_config is not None:
+        return print_config(args.preset, args.print_config)
     machine = detect_machine()
     requirements = machine.requirements
     log(f"{machine.describe()} -> {requirements.name}")
