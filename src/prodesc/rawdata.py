@@ -205,7 +205,6 @@ def _array_records(read: Callable[[int], str], path: Path) -> Iterator[Record]:
 
 _TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>", re.S)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
-_SPACE = re.compile(r"\s+")
 
 
 def clean_text(text: str) -> str:
@@ -219,8 +218,9 @@ def clean_text(text: str) -> str:
             text = unescaped
     if "<" in text:
         text = _TAG.sub(" ", text)
-    text = _CONTROL.sub("", text)
-    return _SPACE.sub(" ", text).strip()
+    if not text.isprintable():  # fast C check; most rows skip the regex
+        text = _CONTROL.sub("", text)
+    return " ".join(text.split())  # str.split() splits on all Unicode whitespace, \xa0 included
 
 
 def row_fields(row: dict[str, Any]) -> tuple[str, str, str] | str:
