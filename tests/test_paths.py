@@ -92,3 +92,12 @@ def test_raw_source_finds_the_one_file_in_data_raw(tmp_path):
     (rp.raw_dir / "other.jsonl").write_text("{}")
     with pytest.raises(UserError, match="several raw files"):
         rp.raw_source("")
+
+
+def test_a_bare_file_name_is_also_looked_up_in_data_raw(tmp_path):
+    rp = P.RunPaths.from_config(load_config("cpu"), tmp_path)
+    rp.raw_dir.mkdir(parents=True)
+    (rp.raw_dir / "trn.json.gz").write_bytes(b"x")
+    assert rp.raw_source("trn.json.gz") == rp.raw_dir / "trn.json.gz"
+    (tmp_path / "trn.json.gz").write_bytes(b"y")  # a file of that name in the root itself wins
+    assert rp.raw_source("trn.json.gz") == tmp_path / "trn.json.gz"

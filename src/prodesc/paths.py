@@ -162,9 +162,14 @@ class RunPaths:
         return resolved
 
     def raw_source(self, source: str) -> Path:
-        """The raw data file: ``data.source`` if set, else the one raw file in data/raw/."""
+        """The raw data file: ``data.source`` if set (a bare file name is also looked up in
+        data/raw/), else the one raw file in data/raw/."""
         if source:
-            return self.inside_root(source, "data.source")
+            path = self.inside_root(source, "data.source")
+            in_raw = self.raw_dir / source
+            if not path.exists() and Path(source).name == source and in_raw.exists():
+                return in_raw
+            return path
         found = sorted(
             p for p in self.raw_dir.glob("*") if p.is_file() and p.name.endswith(RAW_SUFFIXES)
         )
