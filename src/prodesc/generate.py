@@ -1,0 +1,325 @@
+"""Batched generation of product descriptions, shared by evaluation (03) and the demo (04).
+
+- :class:`GenSettings` holds every decoding knob of the ``eval`` config section.
+- :func:`render_prompts` turns titles into prompt strings with the template the model was trained
+  with (chat: the tokenizer's chat template with the assistant turn opened; text: the prompt).
+- :func:`generate_raw` runs ``model.generate`` over prompts in batches: left padding, prompts sorted
+  by length to waste little padding (outputs come back in the input order), only the new tokens
+  decoded, special tokens skipped.
+- :func:`describe` = the two above + ``template.extract``: titles in, descriptions out.
+- :class:`GenerationCache` keeps generations in a JSON Lines file, one line per row, appended and
+  flushed per batch, so an interrupted evaluation resumes with only the missing rows; the file's
+  header holds a hash of (model identity, settings, template) and a change starts a new file.
+
+torch and transformers are imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prodesc.templates import PromptTemplate
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """Decoding settings (``eval.*``); ``batch_size`` changes speed only, so it is not in the key."""
+
+    max_new_tokens: int = 160
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    batch_size: int = 16
+
+    @classmethod
+    def from_eval(cls, section: Any) -> GenSettings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{n: getattr(section, n) for n in names})
+
+    def decoding(self) -> dict[str, Any]:
+        """What changes the output (the cache key): everything but the batch size."""
+        out = dataclasses.asdict(self)
+        out.pop("batch_size")
+        return out
+
+
+def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) -> dict[str, Any]:
+    """Keyword arguments for ``model.generate``; sampling knobs only when sampling."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": settings.max_new_tokens,
+        "num_beams": settings.num_beams,
+        "do_sample": settings.do_sample,
+        "repetition_penalty": settings.repetition_penalty,
+        "no_repeat_ngram_size": settings.no_repeat_ngram_size,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": eos_ids(tokenizer, model),
+    }
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+    else:  # neutralise sampling defaults a generation_config may carry (avoids warnings)
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """The tokenizer's EOS first, then any other end token the model's generation config names."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in extra if isinstance(extra, (list, tuple)) else [extra]:
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
+    return ids
+
+
+def prepare_for_generation(tokenizer: Any) -> Any:
+    """Left padding (generation continues at the right end of every row); pad with EOS if unset."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def render_prompts(tokenizer: Any, template: PromptTemplate, titles: Iterable[str]) -> list[str]:
+    """Prompt strings for ``titles``, as the model saw them in training."""
+    if template.kind == "text":
+        return [template.format_prompt(t) for t in titles]
+    return [
+        tokenizer.apply_chat_template(template.format_prompt(t), add_generation_prompt=True, tokenize=False)
+        for t in titles
+    ]
+
+
+def _batches(order: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
+
+
+def generate_raw(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    settings: GenSettings,
+    add_special_tokens: bool = False,
+    desc: str = "generating",
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Generate for every prompt in batches of ``settings.batch_size``; return the new text.
+
+    Prompts are tokenized once and sorted longest first within the run (less padding, and the
+    longest batch runs first, so an out-of-memory shows up at once); results are returned in the
+    order of ``prompts``. ``on_batch(indices, texts)`` is called after each batch (the cache).
+    """
+    if not prompts:
+        return []
+    import torch
+    from tqdm.auto import tqdm
+
+    prepare_for_generation(tokenizer)
+    lengths = [
+        len(ids) for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    ]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    kwargs = generate_kwargs(settings, tokenizer, model)
+    out: list[str | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    model.eval()
+    bar = tqdm(total=len(prompts), desc=desc, unit="row", disable=not progress)
+    try:
+        for idx in _batches(order, settings.batch_size):
+            enc = tokenizer(
+                [prompts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=add_special_tokens,
+            ).to(device)
+            with torch.inference_mode():
+                gen = model.generate(**enc, **kwargs)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            for i, text in zip(idx, texts):
+                out[i] = text
+            if on_batch is not None:
+                on_batch(idx, texts)
+            bar.update(len(idx))
+    finally:
+        bar.close()
+    return [t if t is not None else "" for t in out]
+
+
+def describe(
+    model: Any,
+    tokenizer: Any,
+    template: PromptTemplate,
+    titles: Sequence[str],
+    settings: GenSettings,
+    **kw: Any,
+) -> list[str]:
+    """Descriptions for ``titles`` (the completion prefix such as "Description:" stripped)."""
+    prompts = render_prompts(tokenizer, template, titles)
+    raw = generate_raw(model, tokenizer, prompts, settings, add_special_tokens=template.kind == "text", **kw)
+    return [template.extract(r) for r in raw]
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_key(identity: dict[str, Any], settings: GenSettings, template: PromptTemplate) -> str:
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "model": identity,
+            "settings": settings.decoding(),
+            "template": template.to_dict(),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """A cheap identity of the weights in ``folder``: names, sizes and modification times."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return str(folder)  # a hub id
+    parts = [
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for p in sorted(folder.iterdir())
+        if p.suffix in (".safetensors", ".bin", ".gguf") or p.name == "config.json"
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+class GenerationCache:
+    """``<label>.jsonl``: a header line ``{"cache_key": ...}``, then ``{"row", "uid", "title",
+    "output", "raw"}`` per generated row. A file with another key is set aside as
+    ``<label>.<key[:8]>.jsonl`` (and restored when that key comes back)."""
+
+    def __init__(self, folder: Path, label: str, key: str, meta: dict[str, Any] | None = None) -> None:
+        self.path = Path(folder) / f"{label}.jsonl"
+        self.label = label
+        self.key = key
+        self.meta = meta or {}
+        self.rows: dict[int, dict[str, Any]] = {}
+        self._open()
+
+    def _aside(self, key: str) -> Path:
+        return self.path.with_name(f"{self.label}.{key[:8]}.jsonl")
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        current = _header_key(self.path)
+        if current is not None and current != self.key:
+            os.replace(self.path, self._aside(current))
+        if current != self.key and _header_key(self._aside(self.key)) == self.key:
+            os.replace(self._aside(self.key), self.path)
+        if _header_key(self.path) != self.key:
+            with open(self.path, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps({"cache_key": self.key, **self.meta}, default=str) + "\n")
+        self.rows = _read_rows(self.path)
+        _end_with_newline(self.path)
+
+    def get(self, row: int, title: str) -> str | None:
+        entry = self.rows.get(row)
+        if entry is not None and entry.get("title") == title:
+            return entry.get("output")
+        return None
+
+    def add(self, items: list[dict[str, Any]]) -> None:
+        """Append ``items`` (each with row, uid, title, output, raw) and flush them to disk."""
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for item in items:
+                fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+                self.rows[int(item["row"])] = item
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _header_key(path: Path) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+        return json.loads(first).get("cache_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _end_with_newline(path: Path) -> None:
+    """After an interruption mid-line, start the next line on a line of its own."""
+    with open(path, "rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() == 0:
+            return
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) != b"\n":
+            fh.write(b"\n")
+
+
+def _read_rows(path: Path) -> dict[int, dict[str, Any]]:
+    rows: dict[int, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as fh:
+        next(fh, None)
+        for line in fh:
+            try:
+                item = json.loads(line)
+                rows[int(item["row"])] = item
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by an interruption: that row is generated again
+    return rows
+
+
+def cached_describe(
+    model: Any,
+    tokenizer: Any,
+    template: PromptTemplate,
+    rows: Sequence[dict[str, Any]],
+    settings: GenSettings,
+    cache: GenerationCache,
+    progress: bool = True,
+) -> list[str]:
+    """Descriptions for ``rows`` (each with row, uid, title), generating only rows not in ``cache``."""
+    missing = [r for r in rows if cache.get(r["row"], r["title"]) is None]
+    if missing:
+        prompts = render_prompts(tokenizer, template, [r["title"] for r in missing])
+
+        def store(idx: list[int], texts: list[str]) -> None:
+            cache.add(
+                [
+                    {
+                        "row": missing[i]["row"],
+                        "uid": missing[i]["uid"],
+                        "title": missing[i]["title"],
+                        "output": template.extract(t),
+                        "raw": t,
+                    }
+                    for i, t in zip(idx, texts)
+                ]
+            )
+
+        generate_raw(
+            model,
+            tokenizer,
+            prompts,
+            settings,
+            add_special_tokens=template.kind == "text",
+            desc=cache.label,
+            on_batch=store,
+            progress=progress,
+        )
+    return [cache.get(r["row"], r["title"]) or "" for r in rows]

@@ -1,0 +1,200 @@
+"""prodesc.generate: batched generation (left padding, order, decoding knobs) and the resumable cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import write_tiny_adapter
+from prodesc.config import EvalConfig
+from prodesc.generate import (
+    GenerationCache,
+    GenSettings,
+    cache_key,
+    cached_describe,
+    describe,
+    generate_kwargs,
+    render_prompts,
+)
+from prodesc.templates import BUILTIN
+
+TITLES = [
+    "Acme Compact Kettle 100 ml",
+    "Nordic Premium Stainless Water Bottle With A Much Longer Title For Padding 900 ml",
+    "Zen Mug",
+    "Atlas Soft Yoga Mat 300 ml",
+    "Kiva Portable Desk Lamp That Is Long Enough To Need Padding 200 ml",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a random LoRA merged in (the bare random model stops at once)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = write_tiny_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter"), seed=0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    return model, AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+class CountingModel:
+    """Wraps a model; counts generate calls and rows, and can fail on a given call."""
+
+    def __init__(self, model, fail_on_call: int | None = None):
+        self.model, self.fail_on_call = model, fail_on_call
+        self.calls = self.rows = 0
+        self.kwargs: list[dict] = []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def generate(self, **kw):
+        self.calls += 1
+        if self.fail_on_call == self.calls:
+            raise KeyboardInterrupt
+        self.rows += kw["input_ids"].shape[0]
+        self.kwargs.append(kw)
+        return self.model.generate(**kw)
+
+
+def test_settings_come_from_eval_config():
+    ev = EvalConfig(
+        max_new_tokens=7,
+        num_beams=2,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=5,
+        repetition_penalty=1.2,
+        no_repeat_ngram_size=3,
+        batch_size=3,
+    )
+    s = GenSettings.from_eval(ev)
+    assert (s.max_new_tokens, s.num_beams, s.top_k, s.batch_size) == (7, 2, 5, 3)
+    assert "batch_size" not in s.decoding()
+
+
+def test_every_knob_reaches_generate(tiny):
+    model, tok = tiny
+    wrapped = CountingModel(model)
+    s = GenSettings(
+        max_new_tokens=3,
+        do_sample=True,
+        temperature=0.5,
+        top_p=0.8,
+        top_k=4,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=2,
+        num_beams=1,
+        batch_size=8,
+    )
+    describe(wrapped, tok, BUILTIN["chat"], TITLES[:2], s, progress=False)
+    kw = wrapped.kwargs[0]
+    for key, value in [
+        ("max_new_tokens", 3),
+        ("do_sample", True),
+        ("temperature", 0.5),
+        ("top_p", 0.8),
+        ("top_k", 4),
+        ("repetition_penalty", 1.3),
+        ("no_repeat_ngram_size", 2),
+        ("num_beams", 1),
+    ]:
+        assert kw[key] == value, key
+    assert kw["pad_token_id"] == tok.pad_token_id and tok.eos_token_id in kw["eos_token_id"]
+    greedy = generate_kwargs(GenSettings(), tok, model)
+    assert greedy["do_sample"] is False and greedy["temperature"] is None
+
+
+def test_left_padding_and_chat_prompt(tiny):
+    model, tok = tiny
+    wrapped = CountingModel(model)
+    describe(
+        wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=2, batch_size=5), progress=False
+    )
+    assert tok.padding_side == "left"
+    mask = wrapped.kwargs[0]["attention_mask"]
+    assert (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()  # padding on the left only
+    prompt = render_prompts(tok, BUILTIN["chat"], ["X"])[0]
+    assert prompt.rstrip().endswith("<|im_start|>assistant") and "Product title: X" in prompt
+    assert render_prompts(tok, BUILTIN["descfmt"], ["X"])[0] == BUILTIN["descfmt"].format_prompt("X")
+
+
+@pytest.mark.parametrize("template", ["chat", "descfmt"])
+def test_batched_equals_one_at_a_time_in_input_order(tiny, template):
+    model, tok = tiny
+    t = BUILTIN[template]
+    batched = describe(model, tok, t, TITLES, GenSettings(max_new_tokens=12, batch_size=4), progress=False)
+    single = [
+        describe(model, tok, t, [x], GenSettings(max_new_tokens=12, batch_size=1), progress=False)[0]
+        for x in TITLES
+    ]
+    assert batched == single
+    assert len(set(batched)) > 1  # different titles give different outputs: the order matters
+
+
+def test_only_new_tokens_are_decoded_and_prefix_stripped(tiny, monkeypatch):
+    model, tok = tiny
+    t = BUILTIN["descfmt"]
+    import torch
+
+    def fake_generate(**kw):  # the prompt, then "Description: hello" and EOS
+        new = tok("Description: hello", add_special_tokens=False, return_tensors="pt")["input_ids"]
+        new = torch.cat([new, torch.tensor([[tok.eos_token_id]])], dim=1).repeat(kw["input_ids"].shape[0], 1)
+        return torch.cat([kw["input_ids"], new], dim=1)
+
+    wrapped = CountingModel(model)
+    monkeypatch.setattr(wrapped, "generate", fake_generate)
+    assert describe(wrapped, tok, t, TITLES[:2], GenSettings(batch_size=2), progress=False) == [
+        "hello",
+        "hello",
+    ]
+
+
+def _rows(titles):
+    return [{"row": i, "uid": f"U{i}", "title": x} for i, x in enumerate(titles)]
+
+
+def test_interrupted_generation_resumes_with_missing_rows_only(tiny, tmp_path):
+    model, tok = tiny
+    t, s = BUILTIN["chat"], GenSettings(max_new_tokens=6, batch_size=2)
+    key = cache_key({"name": "tiny"}, s, t)
+    first = CountingModel(model, fail_on_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        cached_describe(first, tok, t, _rows(TITLES), s, GenerationCache(tmp_path, "m", key), progress=False)
+    assert first.rows == 2
+    with open(tmp_path / "m.jsonl", "a") as fh:
+        fh.write('{"row": 4, "uid": "U4", "ti')  # a line cut short by the interruption
+    again = CountingModel(model)
+    out = cached_describe(
+        again, tok, t, _rows(TITLES), s, GenerationCache(tmp_path, "m", key), progress=False
+    )
+    assert again.rows == len(TITLES) - 2
+    full = describe(model, tok, t, TITLES, s, progress=False)
+    assert out == full
+    third = CountingModel(model)
+    cached_describe(third, tok, t, _rows(TITLES), s, GenerationCache(tmp_path, "m", key), progress=False)
+    assert third.calls == 0
+
+
+def test_changed_setting_starts_a_new_cache_and_old_one_comes_back(tmp_path):
+    t = BUILTIN["chat"]
+    k1 = cache_key({"name": "m"}, GenSettings(max_new_tokens=5), t)
+    k2 = cache_key({"name": "m"}, GenSettings(max_new_tokens=6), t)
+    assert k1 != k2
+    assert k1 == cache_key({"name": "m"}, GenSettings(max_new_tokens=5, batch_size=99), t)
+    assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5), BUILTIN["descfmt"])
+    c1 = GenerationCache(tmp_path, "m", k1)
+    c1.add([{"row": 0, "uid": "U0", "title": "a", "output": "one", "raw": "one"}])
+    c2 = GenerationCache(tmp_path, "m", k2)
+    assert c2.get(0, "a") is None
+    c2.add([{"row": 0, "uid": "U0", "title": "a", "output": "two", "raw": "two"}])
+    assert GenerationCache(tmp_path, "m", k1).get(0, "a") == "one"
+    assert GenerationCache(tmp_path, "m", k2).get(0, "a") == "two"
+    header = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
+    assert header["cache_key"] == k2
+    assert GenerationCache(tmp_path, "m", k2).get(0, "another title") is None  # data changed: regenerate

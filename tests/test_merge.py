@@ -1,0 +1,418 @@
+"""03_merge_fp16: merge on the tiny model, merge check, evaluation outputs, resume, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import (
+    EVAL_OVERRIDES,
+    PYTHON,
+    SRC,
+    stage_env,
+    stage_paths,
+    tiny_overrides,
+    write_prepared,
+    write_tiny_adapter,
+)
+from prodesc import merge
+from prodesc.errors import UserError
+
+XSS = "<script>alert(1)</script>"
+
+
+def run(overrides: list[str]) -> int:
+    return merge.main(["--preset", "cpu", *overrides])
+
+
+def add_awkward_test_rows(paths) -> None:
+    """Put a script tag in a test title and reference, and a newline in another reference."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    dd = load_from_disk(str(paths.prepared_dataset))
+
+    def edit(row, i):
+        if i == 0:
+            row["title"] += f" {XSS}"
+            row["content"] += f" {XSS}"
+        if i == 1:
+            row["content"] = 'First line, "quoted"\nsecond line – ünïcödé'
+        return row
+
+    dd["test"] = dd["test"].map(edit, with_indices=True)
+    tmp = paths.prepared_dataset.with_name("dataset.new")
+    dd.save_to_disk(str(tmp))
+    shutil.rmtree(paths.prepared_dataset)
+    tmp.rename(paths.prepared_dataset)
+
+
+class GenerateCounter:
+    """Counts rows passed to model.generate (all models) and can interrupt on the n-th call."""
+
+    def __init__(self, monkeypatch, fail_on_call: int | None = None):
+        from transformers.generation.utils import GenerationMixin
+
+        self.calls = self.rows = 0
+        real = GenerationMixin.generate
+
+        def counting(model_self, *a, **kw):
+            self.calls += 1
+            if fail_on_call == self.calls:
+                raise KeyboardInterrupt
+            self.rows += kw["input_ids"].shape[0]
+            return real(model_self, *a, **kw)
+
+        monkeypatch.setattr(GenerationMixin, "generate", counting)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, tmp_path_factory):
+    """One full stage run (merge + evaluation of base, tuned and checkpoint-2), shared by the checks."""
+    root = tmp_path_factory.mktemp("merge") / "root"
+    overrides = tiny_overrides(tiny_model_dir, root, *EVAL_OVERRIDES, "eval.checkpoints=checkpoint-2")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths)
+    add_awkward_test_rows(paths)
+    write_tiny_adapter(tiny_model_dir, paths.adapter, seed=0)
+    write_tiny_adapter(tiny_model_dir, paths.checkpoints / "checkpoint-2", seed=1)
+    start = time.monotonic()
+    assert run(overrides) == 0
+    return overrides, paths, time.monotonic() - start
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("unsloth/llama-3-8b-Instruct-bnb-4bit", "unsloth/llama-3-8b-Instruct"),
+        ("unsloth/Qwen2.5-7B-Instruct-unsloth-bnb-4bit", "unsloth/Qwen2.5-7B-Instruct"),
+        ("unsloth/mistral-7b-v0.3-BNB-4BIT", "unsloth/mistral-7b-v0.3"),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+        ("smollm2-135m-instruct", "smollm2-135m-instruct"),
+    ],
+)
+def test_bnb_4bit_names_map_to_16bit(name, expected):
+    assert merge.base_16bit_name(name) == expected
+
+
+def test_same_base_check():
+    merge.check_same_base("unsloth/llama-3-8b-bnb-4bit", "unsloth/llama-3-8b", "unsloth/llama-3-8b")
+    merge.check_same_base(
+        "/old/root/models/smollm2-135m-instruct",
+        "/new/root/models/smollm2-135m-instruct",
+        "smollm2-135m-instruct",
+    )
+    with pytest.raises(UserError, match="trained on 'org/other-model'"):
+        merge.check_same_base("org/other-model", "/x/models/smollm2-135m-instruct", "smollm2-135m-instruct")
+
+
+def test_size_estimate_from_safetensors_headers(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    assert merge.estimated_bytes_on_disk(tiny_model_dir, 4) == merge.estimated_bytes(model)
+    assert merge.estimated_bytes_on_disk(tiny_model_dir, 2) == merge.estimated_bytes(model) // 2
+    assert merge.estimated_bytes_on_disk("org/hub-id", 2) is None
+
+
+def test_select_rows_is_seeded():
+    assert merge.select_rows(10, "all", 1) == list(range(10)) == merge.select_rows(10, 50, 1)
+    a = merge.select_rows(1000, 20, 42)
+    assert a == merge.select_rows(1000, 20, 42) != merge.select_rows(1000, 20, 43) and a == sorted(a)
+
+
+def test_help_and_print_config_do_not_import_torch():
+    code = (
+        "import sys; from prodesc import merge\n"
+        "for argv in (['--print-config', '--preset', 'cpu'], ['--list-keys']):\n"
+        "    assert merge.main(argv) == 0\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", code], env=stage_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    help_out = subprocess.run(
+        [PYTHON, str(SRC / "03_merge_fp16.py"), "--help"],
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert help_out.returncode == 0 and "merge" in help_out.stdout.lower()
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_missing_adapter_says_run_training_first(tiny_model_dir, tmp_path, capsys):
+    overrides = tiny_overrides(tiny_model_dir, tmp_path / "root", *EVAL_OVERRIDES)
+    _, paths = stage_paths(overrides)
+    write_prepared(paths)
+    assert run(overrides) == 2
+    assert "run 02_sft_qlora.py first" in capsys.readouterr().err
+
+
+def test_adapter_from_another_base_is_refused(tiny_model_dir, tmp_path, capsys):
+    overrides = tiny_overrides(tiny_model_dir, tmp_path / "root", *EVAL_OVERRIDES)
+    _, paths = stage_paths(overrides)
+    write_prepared(paths)
+    write_tiny_adapter(tiny_model_dir, paths.adapter, base_name="HuggingFaceTB/SmolLM2-360M-Instruct")
+    assert run(overrides) == 2
+    err = capsys.readouterr().err
+    assert "HuggingFaceTB/SmolLM2-360M-Instruct" in err and "model.name" in err
+    assert not paths.merged.exists()
+
+
+def test_not_enough_disk_space_is_refused(eval_run, monkeypatch, capsys):
+    import shutil
+
+    overrides, paths = eval_run
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the disk check")
+
+    monkeypatch.setattr(merge, "load_model", no_loading)
+    assert run(overrides) == 2
+    assert "not enough disk space" in capsys.readouterr().err
+    assert not paths.merged.exists() and not any(paths.run.glob(".merged_fp16*"))
+
+
+def test_unknown_checkpoint_lists_the_ones_found(eval_run, capsys):
+    overrides, _ = eval_run
+    assert run([*overrides, "eval.checkpoints=checkpoint-99"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint-99" in err and "found: checkpoint-2" in err
+
+
+# --------------------------------------------------------------------------- the full stage
+
+
+def test_merged_model_is_saved_and_equals_the_adapter(evaluated):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prodesc.generate import GenSettings, describe
+    from prodesc.templates import BUILTIN
+
+    overrides, paths, _ = evaluated
+    names = {p.name for p in paths.merged.iterdir()}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "prompt_template.json",
+        "merge_check.json",
+    } <= names
+    tok = AutoTokenizer.from_pretrained(str(paths.merged))
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    gen = json.loads((paths.merged / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == tok.eos_token_id and gen["pad_token_id"] == tok.pad_token_id
+    check = json.loads((paths.merged / "merge_check.json").read_text())
+    assert check["passed"] and check["checked"] == 3
+    # independent of the stage's own check: the unmerged adapter vs the saved merged model
+    base_dir = overrides[0].split("=", 1)[1]
+    adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), str(paths.adapter)
+    ).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(paths.merged), dtype=torch.float32).eval()
+    titles = ["Acme Compact Kettle 100 ml", "Zen Soft Yoga Mat 200 ml", "Orbit Classic Backpack 900 ml"]
+    s = GenSettings(max_new_tokens=12, batch_size=3)
+    a = describe(adapter, tok, BUILTIN["chat"], titles, s, progress=False)
+    assert a == describe(merged, tok, BUILTIN["chat"], titles, s, progress=False)
+    assert any(a)
+    with torch.no_grad():
+        ids = tok(["hello"], return_tensors="pt")
+        assert torch.allclose(adapter(**ids).logits, merged(**ids).logits, atol=1e-5)
+
+
+def test_metrics_json_records_everything(evaluated):
+    _, paths, _ = evaluated
+    m = json.loads((paths.eval / "metrics.json").read_text())
+    assert list(m["models"]) == ["base", "tuned", "checkpoint-2"]
+    assert m["rows"] == 6 and m["seed"] == 42 and m["merge_check"]["passed"] is True
+    assert m["generation"]["max_new_tokens"] == 8 and m["generation"]["num_beams"] == 1
+    assert m["identities"]["checkpoint-2"]["checkpoint"] == "checkpoint-2"
+    assert m["identities"]["tuned"]["path"] == str(paths.merged)
+    for s in m["models"].values():
+        assert {
+            "rouge1",
+            "rouge2",
+            "rougeL",
+            "bleu",
+            "chrf",
+            "words_mean",
+            "words_median",
+            "empty_rate",
+            "title_echo_rate",
+            "semantic_similarity",
+        } <= set(s)
+
+
+def test_side_by_side_csv_and_recomputed_metrics(evaluated):
+    import pandas as pd
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    _, paths, _ = evaluated
+    path = paths.eval / "side_by_side.csv"
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    df = pd.read_csv(path, encoding="utf-8-sig", keep_default_na=False)
+    assert list(df.columns) == [
+        "uid",
+        "title",
+        "reference",
+        "base_output",
+        "tuned_output",
+        "checkpoint-2_output",
+        "rougeL_base",
+        "rougeL_tuned",
+        "rougeL_checkpoint-2",
+        "rougeL_delta",
+    ]
+    assert len(df) == 6
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert (
+        len(rows) == 6 and any("\n" in r["reference"] for r in rows) and any(XSS in r["title"] for r in rows)
+    )
+    m = json.loads((paths.eval / "metrics.json").read_text())["models"]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    refs = [r["reference"] for r in rows]
+    for label in ("base", "tuned", "checkpoint-2"):
+        outs = [r[f"{label}_output"] for r in rows]
+        for key in ("rouge1", "rouge2", "rougeL"):
+            expected = sum(scorer.score(ref, o)[key].fmeasure for o, ref in zip(outs, refs)) / len(outs)
+            assert m[label][key] == pytest.approx(expected, abs=1e-12), (label, key)
+        assert m[label]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(outs, [refs]).score)
+        assert m[label]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(outs, [refs]).score)
+    assert df["rougeL_delta"].tolist() == pytest.approx(
+        (df["rougeL_tuned"] - df["rougeL_base"]).tolist(), abs=1e-5
+    )
+
+
+def test_report_files_and_html_escaping(evaluated):
+    import pandas as pd
+
+    _, paths, _ = evaluated
+    for name in ("improved_examples.csv", "worst_regressions.csv", "metrics.png", "report.html"):
+        assert (paths.eval / name).is_file(), name
+    long = pd.read_csv(paths.eval / "row_metrics.csv", encoding="utf-8-sig", keep_default_na=False)
+    assert len(long) == 3 * 6 and {"uid", "model", "rouge1", "rouge2", "rougeL", "words", "empty"} <= set(
+        long.columns
+    )
+    page = (paths.eval / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in page.lower() and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_rerun_skips_merge_and_generation(evaluated, monkeypatch):
+    overrides, paths, _ = evaluated
+    before = (paths.merged / "model.safetensors").stat().st_mtime_ns
+    counter = GenerateCounter(monkeypatch)
+    assert run(overrides) == 0
+    assert counter.calls == 0 and (paths.merged / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_interrupted_evaluation_resumes_without_regenerating(eval_run, monkeypatch):
+    overrides, paths = eval_run
+    # calls 1-2: merge check (adapter, merged; 3 rows each); 3: base rows 1-4; 4: interrupted
+    first = GenerateCounter(monkeypatch, fail_on_call=4)
+    assert run(overrides) == 130
+    assert first.rows == 3 + 3 + 4 and paths.merged.is_dir() and not (paths.eval / "metrics.json").exists()
+    again = GenerateCounter(monkeypatch)
+    assert run(overrides) == 0
+    assert again.rows == 2 + 6 + 6  # the 2 missing base rows, then tuned and checkpoint-2
+    lines = (paths.eval / "generations" / "base.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 6
+    # a changed decoding setting starts new caches for every model
+    third = GenerateCounter(monkeypatch)
+    assert run([*overrides, "eval.max_new_tokens=5"]) == 0
+    assert third.rows == 18
+    assert len(list((paths.eval / "generations").glob("base*.jsonl"))) == 2
+
+
+def test_overwrite_redoes_the_merge(eval_run):
+    overrides, paths = eval_run
+    assert run([*overrides, "eval.rows=2"]) == 0
+    before = (paths.merged / "merge_check.json").stat().st_mtime_ns
+    assert run([*overrides, "eval.rows=2", "overwrite=true"]) == 0
+    assert (paths.merged / "merge_check.json").stat().st_mtime_ns > before
+
+
+def test_after_the_real_training_stage(tiny_model_dir, tmp_path):
+    """02's own adapter/ and checkpoint-N/ folders are what 03 reads."""
+    from prodesc import train
+
+    overrides = tiny_overrides(tiny_model_dir, tmp_path / "root", "train.max_steps=3", *EVAL_OVERRIDES)
+    _, paths = stage_paths(overrides)
+    write_prepared(paths)
+    assert train.main(["--preset", "cpu", *overrides]) == 0
+    assert run([*overrides, "eval.checkpoints=3"]) == 0
+    m = json.loads((paths.eval / "metrics.json").read_text())
+    assert list(m["models"]) == ["base", "tuned", "checkpoint-3"] and m["merge_check"]["passed"]
+
+
+# --------------------------------------------------------------------------- slow: the embedded model
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a 2-core machine shared with another busy process, two threads made
+    generation ~25x slower (measured); one thread keeps this test under 2 minutes either way."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_embedded_model_end_to_end(tmp_path, one_torch_thread):
+    """01 on the bundled sample, a small random LoRA on SmolLM2-135M, then 03 (< 2 min on 2 cores)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prodesc import atomic, models, prepare
+    from prodesc.templates import BUILTIN
+
+    overrides = [
+        f"paths.root={tmp_path}",
+        "paths.run=e2e",
+        "eval.rows=3",
+        "eval.max_new_tokens=16",
+        "eval.batch_size=4",
+    ]
+    assert prepare.main(["--preset", "cpu", *overrides]) == 0
+    cfg, paths = stage_paths(overrides)
+    base = models.resolve_model_path(cfg, paths)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    peft_model.save_pretrained(str(paths.adapter))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(paths.adapter))
+    atomic.write_json(paths.adapter / "prompt_template.json", BUILTIN["chat"].to_dict())
+    assert run(overrides) == 0
+    m = json.loads((paths.eval / "metrics.json").read_text())
+    assert m["merge_check"]["passed"] and m["rows"] == 3
+    assert m["models"]["base"]["empty_rate"] < 1 and m["models"]["tuned"]["words_mean"] > 0
