@@ -17,7 +17,9 @@ install: $(PY)
 
 local: install
 	$(PY) src/01_prepare.py --preset cpu --root $(ROOT)
-	@echo "prepared data and manifest: $(ROOT)/data/prepared/ (stages 02-04 arrive with issues #3-#5)"
+	$(PY) src/02_sft_qlora.py --preset cpu --root $(ROOT)
+	$(PY) src/03_merge_fp16.py --preset cpu --root $(ROOT)
+	@echo "comparison: $(ROOT)/runs/cpu/eval/side_by_side.csv and $(ROOT)/runs/cpu/eval/report.html"
 
 test: install
 	$(PY) -m pytest -q
