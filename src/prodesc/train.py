@@ -80,6 +80,7 @@ def _body(cfg: Config, paths: RunPaths) -> None:
         resume = plan_start(cfg, paths, dirs, is_main=main_proc)
         model_path = models.resolve_model_path(cfg, paths)
     model, tokenizer, backend = models.load_for_training(cfg, model_path, backend)
+    data, dropped = drop_overlong(data, tokenizer, cfg.model.max_length)
     trainer = build_trainer(cfg, paths, dirs, args, model, tokenizer, data)
     start_tokens = checkpoints.tokens_in_checkpoint(resume)
 
@@ -98,6 +99,7 @@ def _body(cfg: Config, paths: RunPaths) -> None:
         trainlog.plot_history(paths.logs / "loss_curve.png", rows, f"{cfg.run_name}: {cfg.model.name}")
         save_adapter(cfg, paths, trainer.model, tokenizer, template)
         summary = train_summary(cfg, trainer, result, backend, args, start_tokens, eval_loss, resume)
+        summary["dropped_overlong"] = dropped
         atomic.write_json(paths.run / "train_summary.json", summary)
         log(f"adapter: {paths.adapter}")
         print(json.dumps(summary, indent=2))
@@ -156,6 +158,37 @@ def load_prepared(cfg: Config, paths: RunPaths) -> tuple[templates.PromptTemplat
     keep = ["prompt", "completion"]
     data = {split: data[split].select_columns(keep) for split in ("train", "validation")}
     return used, data
+
+
+def example_length(example: dict[str, Any], tokenizer: Any) -> int:
+    """Tokens of prompt + completion as the trainer will see them (EOS included)."""
+    if isinstance(example["prompt"], list):
+        out = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
+        ids = out["input_ids"] if hasattr(out, "keys") else out
+        return len(ids)
+    return len(tokenizer(example["prompt"] + example["completion"])["input_ids"]) + 1
+
+
+def drop_overlong(data: dict[str, Any], tokenizer: Any, max_length: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """Drop examples longer than ``model.max_length`` instead of letting the trainer truncate them.
+
+    A truncated example loses its closing EOS, and training on many of them teaches the model not
+    to stop (measured: on the bundled sample with max_length 128, the adapter's EOS log-probability
+    after a reference description fell from -4.3 to -6.6 in 8 steps, and greedy outputs rambled).
+    """
+    kept, dropped = {}, {}
+    for split, ds in data.items():
+        keep = ds.filter(lambda ex: example_length(ex, tokenizer) <= max_length, desc=f"length check ({split})")
+        kept[split], dropped[split] = keep, len(ds) - len(keep)
+        if dropped[split]:
+            log(f"{split}: dropped {dropped[split]} of {len(ds)} examples longer than model.max_length="
+                f"{max_length} tokens (raise model.max_length or lower data.max_content_chars to keep them)")
+    if not len(kept["train"]):
+        raise UserError(
+            f"every training example is longer than model.max_length={max_length} tokens: raise "
+            "model.max_length or lower data.max_content_chars and re-run 01_prepare.py"
+        )
+    return kept, dropped
 
 
 def expected_template(cfg: Config, paths: RunPaths) -> templates.PromptTemplate | None:
