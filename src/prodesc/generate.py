@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prodesc.models import prepare_tokenizer
 from prodesc.templates import PromptTemplate
 
 CACHE_FORMAT = 1
@@ -88,10 +89,7 @@ def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
 
 def prepare_for_generation(tokenizer: Any) -> Any:
     """Left padding (generation continues at the right end of every row); pad with EOS if unset."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer
+    return prepare_tokenizer(tokenizer, padding_side="left")
 
 
 def render_prompts(tokenizer: Any, template: PromptTemplate, titles: Iterable[str]) -> list[str]:

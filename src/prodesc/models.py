@@ -173,11 +173,12 @@ def lora_targets(cfg: Config, backend: str) -> Any:
     return targets
 
 
-def prepare_tokenizer(tokenizer: Any) -> Any:
-    """Pad with EOS when the tokenizer has no pad token; pad on the right for training."""
+def prepare_tokenizer(tokenizer: Any, padding_side: str = "right") -> Any:
+    """Pad with EOS when the tokenizer has no pad token. Right padding for training; left for
+    generation (every row then continues at its right end)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = padding_side
     return tokenizer
 
 
