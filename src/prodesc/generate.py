@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prodesc.config import EvalConfig
 from prodesc.models import prepare_tokenizer
 from prodesc.templates import PromptTemplate
 
@@ -35,15 +36,15 @@ CACHE_FORMAT = 1
 class GenSettings:
     """Decoding settings (``eval.*``); ``batch_size`` changes speed only, so it is not in the key."""
 
-    max_new_tokens: int = 160
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    batch_size: int = 16
+    max_new_tokens: int = EvalConfig.max_new_tokens  # defaults: the eval.* defaults, one source
+    num_beams: int = EvalConfig.num_beams
+    do_sample: bool = EvalConfig.do_sample
+    temperature: float = EvalConfig.temperature
+    top_p: float = EvalConfig.top_p
+    top_k: int = EvalConfig.top_k
+    repetition_penalty: float = EvalConfig.repetition_penalty
+    no_repeat_ngram_size: int = EvalConfig.no_repeat_ngram_size
+    batch_size: int = EvalConfig.batch_size
 
     @classmethod
     def from_eval(cls, section: Any) -> GenSettings:
