@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from prodesc import install
-from prodesc.install import EMBEDDED, Requirement, Unsatisfied
+from prodesc.install import Requirement, Unsatisfied
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,8 +200,8 @@ def test_no_nvidia_smi_means_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def everything_installed(requirements: Path) -> install.Installed:
-    """A probe result where every pin of ``requirements`` and the embedded wheel is installed."""
-    reqs = [*install.parse_requirements(requirements), EMBEDDED]
+    """A probe result where every pin of ``requirements`` and the --no-deps wheels are installed."""
+    reqs = [*install.parse_requirements(requirements), *install.NO_DEPS]
     return install.Installed({r.key: r.pinned or "1.0" for r in reqs}, {})
 
 

