@@ -1,6 +1,7 @@
-"""python src/04_quick_demo.py [--preset NAME] [--root DIR] [key=value ...]
+"""python src/04_quick_demo.py [--preset NAME] [--root DIR] [--no-base] [--titles-file F] [key=value|TITLE...]
 
-Generate descriptions for your own titles with the base and fine-tuned models. The logic lives in prodesc/demo.py; --help lists the options.
+Write descriptions for your own titles with the base and fine-tuned models, the fine-tuned one
+streamed. Titles: arguments, --titles-file, stdin, or a prompt. The logic lives in prodesc/demo.py.
 """
 
 import sys

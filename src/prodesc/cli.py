@@ -6,11 +6,16 @@
 A stage is a function ``body(cfg, paths) -> None``. :func:`run_stage` parses the arguments, loads
 the config, resolves the root, runs the body, and turns a :class:`UserError` into one line on
 stderr and exit code 2 (a traceback only with ``--debug``). Nothing here imports torch.
+
+A stage with arguments of its own passes ``extra_args`` (a function that adds them to the parser);
+its body is then called as ``body(cfg, paths, args)``, and positionals that are not ``key=value``
+are kept in ``args.words`` (the demo's titles) instead of being read as config overrides.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 from typing import Callable
@@ -21,6 +26,10 @@ from prodesc.errors import run_guarded
 from prodesc.paths import RunPaths, resolve_root
 
 Body = Callable[[Config, RunPaths], None]
+ExtraArgs = Callable[[argparse.ArgumentParser], None]
+
+OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
+"""What a positional ``key=value`` override looks like (a title such as "2 m = 6 ft" does not)."""
 
 
 def log(message: str) -> None:
@@ -28,7 +37,7 @@ def log(message: str) -> None:
     print(f"[prodesc] {message}", file=sys.stderr, flush=True)
 
 
-def build_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, doc: str, extra_args: ExtraArgs | None = None) -> argparse.ArgumentParser:
     first, _, rest = (doc or "").strip().partition("\n")
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -51,13 +60,31 @@ def build_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--list-keys", action="store_true", help="list every config key with its meaning and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    if extra_args is not None:
+        extra_args(parser)
     return parser
 
 
-def run_stage(prog: str, doc: str, argv: list[str] | None, body: Body) -> int:
-    """Parse ``argv``, build the config and paths, run ``body``; return the exit code."""
-    args = build_parser(prog, doc).parse_args(sys.argv[1:] if argv is None else argv)
-    return run_guarded(lambda: _run(args, body), args.debug)
+def run_stage(
+    prog: str,
+    doc: str,
+    argv: list[str] | None,
+    body: Callable[..., None],
+    extra_args: ExtraArgs | None = None,
+) -> int:
+    """Parse ``argv``, build the config and paths, run ``body``; return the exit code.
+
+    With ``extra_args``, ``body(cfg, paths, args)`` gets the parsed arguments, the positionals that
+    are not ``key=value`` in ``args.words``.
+    """
+    parser = build_parser(prog, doc, extra_args)
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)  # titles after options
+    args.words = []
+    if extra_args is None:
+        return run_guarded(lambda: _run(args, body), args.debug)
+    args.words = [o for o in args.overrides if not OVERRIDE.match(o)]
+    args.overrides = [o for o in args.overrides if OVERRIDE.match(o)]
+    return run_guarded(lambda: _run(args, lambda cfg, paths: body(cfg, paths, args)), args.debug)
 
 
 def _run(args: argparse.Namespace, body: Body) -> int:

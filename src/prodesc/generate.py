@@ -6,7 +6,8 @@
 - :func:`generate_raw` runs ``model.generate`` over prompts in batches: left padding, prompts sorted
   by length to waste little padding (outputs come back in the input order), only the new tokens
   decoded, special tokens skipped.
-- :func:`describe` = the two above + ``template.extract``: titles in, descriptions out.
+- :func:`describe` = the two above + ``template.extract``: titles in, descriptions out (with an
+  optional streamer that prints the tokens as they are generated: the demo).
 - :class:`GenerationCache` keeps generations in a JSON Lines file, one line per row, appended and
   flushed per batch, so an interrupted evaluation resumes with only the missing rows; the file's
   header holds a hash of (model identity, settings, template) and a change starts a new file.
@@ -117,12 +118,15 @@ def generate_raw(
     desc: str = "generating",
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     progress: bool = True,
+    streamer: Any = None,
 ) -> list[str]:
     """Generate for every prompt in batches of ``settings.batch_size``; return the new text.
 
     Prompts are tokenized once and sorted longest first within the run (less padding, and the
     longest batch runs first, so an out-of-memory shows up at once); results are returned in the
     order of ``prompts``. ``on_batch(indices, texts)`` is called after each batch (the cache).
+    ``streamer`` (a transformers ``TextStreamer``, batches of one, no beam search) is passed to
+    ``model.generate`` to show the tokens as they come (the demo).
     """
     if not prompts:
         return []
@@ -135,6 +139,8 @@ def generate_raw(
     ]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     kwargs = generate_kwargs(settings, tokenizer, model)
+    if streamer is not None:
+        kwargs["streamer"] = streamer
     out: list[str | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     model.eval()
