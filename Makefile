@@ -19,6 +19,7 @@ local: install
 	$(PY) src/01_prepare.py --preset cpu --root $(ROOT)
 	$(PY) src/02_sft_qlora.py --preset cpu --root $(ROOT)
 	$(PY) src/03_merge_fp16.py --preset cpu --root $(ROOT)
+	$(PY) src/04_quick_demo.py --preset cpu --root $(ROOT) "Stainless Steel Garlic Press with Cleaning Brush"
 	@echo "comparison: $(ROOT)/runs/cpu/eval/side_by_side.csv and $(ROOT)/runs/cpu/eval/report.html"
 
 test: install
