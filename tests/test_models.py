@@ -36,7 +36,7 @@ def test_embedded_name_is_converted_once_then_reused(tmp_path, monkeypatch):
     second = models.resolve_model_path(cfg, paths)
     assert first == second == str(paths.model_dir(EMBEDDED_MODEL))
     assert len(calls) == 1
-    assert calls[0][0].name == models.EMBEDDED_GGUF and calls[0][0].is_file()
+    assert calls[0][0].name == models.SMOLLM2_GGUF and calls[0][0].is_file()
 
 
 def test_half_converted_embedded_folder_is_an_error(tmp_path):

