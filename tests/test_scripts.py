@@ -12,7 +12,7 @@ import pytest
 from rawfiles import REPO
 
 SCRIPTS = sorted(p.name for p in (REPO / "src").glob("0[0-4]_*.py"))
-HEAVY = ("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes", "accelerate", "datasets")
+HEAVY = ("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes", "accelerate", "datasets", "gradio")
 
 # Runs a script with the heavy libraries made unimportable, then proves none was loaded: the
 # same as an environment where they are not installed.

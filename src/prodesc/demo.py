@@ -1,4 +1,4 @@
-"""python src/04_quick_demo.py [--preset NAME] [--root DIR] [--no-base] [--titles-file F] [key=value|TITLE...]
+"""python src/04_quick_demo.py [--preset NAME] [--root DIR] [--no-base] [--titles-file F | --web [--share]] [key=value|TITLE...]
 
 Write descriptions for your own product titles with the fine-tuned model, next to the base model's.
 
@@ -15,6 +15,7 @@ eval.no_repeat_ngram_size; `seed` is set before every generation, so it fixes sa
 
     python src/04_quick_demo.py "Acme Stainless Water Bottle 500 ml" eval.do_sample=true seed=7
     python src/04_quick_demo.py --titles-file my_titles.txt --no-base
+    python src/04_quick_demo.py --web            # a web page; in Colab it prints a public link
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--titles-file", metavar="FILE", help="read titles from FILE, one per line")
     parser.add_argument("--no-base", action="store_true", help="skip the base model (faster)")
+    web = parser.add_argument_group("web page (--web)")
+    web.add_argument("--web", action="store_true",
+                     help="serve a web page (Gradio) instead of the terminal demo; Ctrl-C stops it")
+    web.add_argument("--share", action="store_true",
+                     help="also make a public gradio.live link (on by default in Colab, where "
+                          "the local address is not reachable from your browser)")
+    web.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    web.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
 
 
 def _body(cfg: Config, paths: RunPaths, args: argparse.Namespace) -> None:
@@ -58,9 +67,15 @@ def _body(cfg: Config, paths: RunPaths, args: argparse.Namespace) -> None:
     template = merge.adapter_template(paths)  # no adapter: "run 02_sft_qlora.py first"
     base_path = merge.base_model_path(cfg, paths)
     merge.check_same_base(merge.adapter_base(paths), base_path, cfg.model.name)
-    titles = given_titles(args)
+    titles = None if args.web else given_titles(args)
     settings = replace(GenSettings.from_eval(cfg.eval), batch_size=1)
     demo = Demo(cfg, paths, base_path, template, settings, with_base=not args.no_base)
+    if args.web:
+        from prodesc import web
+        from prodesc.paths import in_colab
+
+        web.serve(demo, cfg, paths, share=args.share or in_colab(), port=args.port, host=args.host)
+        return
     for title in titles if titles is not None else prompt_titles():
         demo.show(title)
 
@@ -161,20 +176,26 @@ class Demo:
         if not self.stream:
             log("eval.num_beams > 1: the output is shown when complete (beam search cannot stream)")
 
-    def generate(self, title: str, base: bool) -> str:
+    def generate(self, title: str, base: bool, settings: Any = None, seed: int | None = None,
+                 streamer: Any = "terminal") -> str:
+        """One description of ``title`` by the base or the fine-tuned model; ``settings`` and
+        ``seed`` default to the config's. ``streamer``: "terminal" prints the fine-tuned tokens as
+        they come (greedy or sampling only), None prints nothing, or a transformers streamer."""
         from transformers import TextStreamer, set_seed
 
         from prodesc.generate import describe
 
+        settings = settings or self.settings
         model = self.base if base else self.tuned
         off = model.disable_adapter() if base and self.source == "adapter" else nullcontext()
-        streamer = None
-        if not base and self.stream:
-            streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        set_seed(self.seed)
+        if streamer == "terminal":
+            streamer = None
+            if not base and settings.num_beams == 1:
+                streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        set_seed(self.seed if seed is None else seed)
         with off:
             outputs = describe(
-                model, self.tokenizer, self.template, [title], self.settings,
+                model, self.tokenizer, self.template, [title], settings,
                 progress=False, streamer=streamer,
             )
         return outputs[0]

@@ -51,7 +51,7 @@ EMBEDDED_FILE = SMOLLM2_GGUF
 
 BASE_IMPORTS = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
-    "pandas", "yaml", "rouge_score", "sacrebleu", "gguf", "matplotlib",
+    "pandas", "yaml", "rouge_score", "sacrebleu", "gguf", "matplotlib", "gradio",
 )  # fmt: skip
 """Imported on every machine, in this order."""
 CUDA_IMPORTS = ("unsloth", "xformers")

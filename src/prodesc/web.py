@@ -1,0 +1,199 @@
+"""The web page of ``04_quick_demo.py --web``: a Gradio app over the demo's loaded models.
+
+A title box, every decoding knob of the ``eval`` section plus the seed, and the base and fine-tuned
+descriptions side by side; the fine-tuned one streams in as it is generated (greedy or sampling;
+beam search shows it when done). Example titles come from the test split of the prepared data.
+
+The page calls :meth:`prodesc.demo.Demo.generate`, the same code as the command line, so a title
+gives the same description on both. gradio is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prodesc.cli import log
+from prodesc.config import Config, EvalConfig
+from prodesc.errors import ConfigError
+from prodesc.paths import RunPaths
+
+EXAMPLES = 8
+"""How many test-split titles the page offers as examples."""
+STREAM_TIMEOUT_S = 600.0
+"""A generation that yields no token for this long is reported as stuck."""
+NO_BASE = "(base model not loaded: started with --no-base)"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One decoding control: an ``eval`` field (or ``seed``) and its slider range."""
+
+    name: str
+    label: str
+    low: float = 0
+    high: float = 1
+    step: float = 1
+
+
+KNOBS = (
+    Knob("max_new_tokens", "max new tokens", 8, 512, 8),
+    Knob("num_beams", "beams (1 = no beam search)", 1, 8, 1),
+    Knob("do_sample", "sample (off = greedy or beam search)"),
+    Knob("temperature", "temperature (sampling)", 0.05, 2.0, 0.05),
+    Knob("top_p", "top-p (sampling)", 0.05, 1.0, 0.05),
+    Knob("top_k", "top-k (sampling; 0 = off)", 0, 200, 1),
+    Knob("repetition_penalty", "repetition penalty", 1.0, 2.0, 0.05),
+    Knob("no_repeat_ngram_size", "no repeated n-grams of size (0 = off)", 0, 8, 1),
+    Knob("seed", "seed (fixes sampling)"),
+)
+
+
+def example_titles(paths: RunPaths, count: int = EXAMPLES) -> list[str]:
+    """The first ``count`` titles of the prepared test split; none (and a log line) when there is
+    no prepared data: the page works without examples."""
+    from prodesc.errors import UserError
+    from prodesc.prepare import open_prepared
+
+    try:
+        _, data = open_prepared(paths, ("test",), ("title",))
+    except UserError as err:
+        log(f"no example titles on the page: {err}")
+        return []
+    test = data["test"]
+    return [str(t) for t in test.select(range(min(count, len(test))))["title"]]
+
+
+def settings_from(cfg: Config, values: dict[str, Any]) -> tuple[Any, int]:
+    """(GenSettings, seed) from the page's knob values, checked by the config's own validation;
+    a bad combination raises :class:`ConfigError` with the config's message."""
+    from prodesc.generate import GenSettings
+
+    seed = int(values.pop("seed"))
+    typed = {}
+    for field in dataclasses.fields(EvalConfig):
+        if field.name in values:
+            kind = type(getattr(cfg.eval, field.name))
+            typed[field.name] = kind(values[field.name])
+    section = dataclasses.replace(cfg.eval, **typed)  # runs EvalConfig.__post_init__
+    return dataclasses.replace(GenSettings.from_eval(section), batch_size=1), seed
+
+
+class Describer:
+    """Turns one page request into (base, fine-tuned) texts, streaming the fine-tuned one."""
+
+    def __init__(self, demo: Any, cfg: Config) -> None:
+        self.demo = demo
+        self.cfg = cfg
+        self.lock = threading.Lock()  # one generation at a time: the models are shared
+
+    def __call__(self, title: str, *knob_values: Any) -> Iterator[tuple[str, str]]:
+        import gradio as gr
+
+        title = (title or "").strip()
+        if not title:
+            raise gr.Error("Type a product title first.")
+        try:
+            settings, seed = settings_from(self.cfg, dict(zip((k.name for k in KNOBS), knob_values)))
+        except (ConfigError, ValueError, TypeError) as err:
+            raise gr.Error(str(err)) from None
+        with self.lock:
+            base = "" if self.demo.base is not None else NO_BASE
+            tuned = ""
+            for tuned in self.tuned_pieces(title, settings, seed):
+                yield base, tuned
+            if self.demo.base is not None:
+                yield "(generating...)", tuned
+                base = self.demo.generate(title, base=True, settings=settings, seed=seed, streamer=None)
+            yield base or "(empty)", tuned or "(empty)"
+
+    def tuned_pieces(self, title: str, settings: Any, seed: int) -> Iterator[str]:
+        """The fine-tuned text as it grows, then the final (template-extracted) text."""
+        if settings.num_beams > 1:
+            yield self.demo.generate(title, base=False, settings=settings, seed=seed, streamer=None)
+            return
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(
+            self.demo.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=STREAM_TIMEOUT_S
+        )
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["text"] = self.demo.generate(
+                    title, base=False, settings=settings, seed=seed, streamer=streamer
+                )
+            except BaseException as err:  # handed to the page below
+                result["error"] = err
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        yield result["text"]
+
+
+def build_app(demo: Any, cfg: Config, examples: list[str]) -> Any:
+    """The Gradio Blocks app (not launched)."""
+    import gradio as gr
+
+    describer = Describer(demo, cfg)
+
+    def describe(title: str, *knob_values: Any) -> Iterator[tuple[str, str]]:
+        yield from describer(title, *knob_values)  # gradio streams only a generator *function*
+
+    with gr.Blocks(title="prodesc demo", analytics_enabled=False) as app:
+        gr.Markdown(
+            f"## Product descriptions from titles\nRun **{cfg.run_name}**: the base model and the "
+            f"fine-tuned one ({demo.source}) get the same title and decoding settings."
+        )
+        with gr.Row():
+            title = gr.Textbox(label="product title", elem_id="title", scale=4,
+                               placeholder="e.g. Stainless Steel Garlic Press with Cleaning Brush")
+            go = gr.Button("Describe", variant="primary", elem_id="describe", scale=1)
+        with gr.Row():
+            base = gr.Textbox(label="base model", elem_id="base-output", lines=8, interactive=False)
+            tuned = gr.Textbox(label="fine-tuned", elem_id="tuned-output", lines=8, interactive=False)
+        with gr.Accordion("decoding settings", open=False):
+            knobs = [knob_component(k, cfg) for k in KNOBS]
+        if examples:
+            gr.Examples(examples=[[t] for t in examples], inputs=[title], label="titles from the test split")
+        go.click(describe, inputs=[title, *knobs], outputs=[base, tuned])
+        title.submit(describe, inputs=[title, *knobs], outputs=[base, tuned])
+    return app
+
+
+def knob_component(knob: Knob, cfg: Config) -> Any:
+    import gradio as gr
+
+    elem_id = f"knob-{knob.name}"
+    if knob.name == "seed":
+        return gr.Number(value=cfg.seed, precision=0, label=knob.label, elem_id=elem_id)
+    value = getattr(cfg.eval, knob.name)
+    if isinstance(value, bool):
+        return gr.Checkbox(value=value, label=knob.label, elem_id=elem_id)
+    return gr.Slider(  # the range always holds the configured value
+        minimum=min(knob.low, value), maximum=max(knob.high, value), step=knob.step,
+        value=value, label=knob.label, elem_id=elem_id,
+    )
+
+
+def serve(demo: Any, cfg: Config, paths: RunPaths, share: bool, port: int | None, host: str) -> None:
+    """Build the app and serve it until interrupted (Ctrl-C, or stopping the Colab cell)."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    app = build_app(demo, cfg, example_titles(paths))
+    log("starting the web page" + (" with a public share link (Colab)" if share else "") + "; Ctrl-C stops it")
+    app.queue().launch(share=share, server_name=host, server_port=port, ssr_mode=False,
+                       footer_links=[], show_error=True)
