@@ -42,9 +42,11 @@ def write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno and not err.filename:  # a full disk names no file
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
 
 

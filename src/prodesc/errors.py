@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable
 
@@ -24,11 +25,24 @@ class DataError(UserError):
     """Input data that cannot be used (unreadable, malformed beyond tolerance, all filtered)."""
 
 
+_ROOM = "free some space there (or choose another --root) and run again"
+_ACCESS = "check the permissions of that path, or choose another --root"
+OS_HINTS = {
+    errno.ENOSPC: _ROOM,
+    errno.EDQUOT: _ROOM,
+    errno.EACCES: _ACCESS,
+    errno.EPERM: _ACCESS,
+    errno.EROFS: "that file system is read-only: choose another --root",
+    errno.ENOTDIR: "part of that path is a file where a folder is expected: check --root and the paths given",
+}
+"""What to do about the OS errors a stage meets on bad ground (full disk, read-only root, ...)."""
+
+
 def run_guarded(func: Callable[[], int], debug: bool) -> int:
     """Run ``func``; turn a user-fixable failure into one ``error:`` line on stderr and an exit code.
 
     ``UserError`` → its message, exit 2; ``OSError`` (disk full, read-only root, permissions) → the
-    OS's words and the path, exit 1; Ctrl-C → exit 130. With ``debug`` the traceback is shown.
+    OS's words, the path and what to do, exit 1; Ctrl-C → exit 130. With ``debug`` the traceback is shown.
     """
     try:
         return func()
@@ -39,7 +53,8 @@ def run_guarded(func: Callable[[], int], debug: bool) -> int:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
         where = f": {err.filename}" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        hint = f": {OS_HINTS[err.errno]}" if err.errno in OS_HINTS else ""
+        print(f"error: {err.strerror or err}{where}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
