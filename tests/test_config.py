@@ -83,7 +83,7 @@ def test_unknown_or_mistyped_keys_in_a_yaml_preset(tmp_path):
 
 
 def test_unknown_preset_lists_the_shipped_ones():
-    with pytest.raises(ConfigError, match="choose one of a100, cpu, l4, t4"):
+    with pytest.raises(ConfigError, match="choose one of a100, cpu, flan-t5-base, l4, t4"):
         C.load_config("t5")
 
 
@@ -99,8 +99,9 @@ def test_every_shipped_preset_loads_and_round_trips(name):
     assert (C.PRESETS_DIR / f"{name}.yaml").read_text().lstrip().startswith("#")
 
 
-def test_presets_shipped_are_the_four_the_product_needs():
-    assert C.preset_names() == ["a100", "cpu", "l4", "t4"]
+def test_presets_shipped_are_the_ones_the_product_needs():
+    # four by hardware, plus the FLAN-T5 (seq2seq) preset of the earlier projects
+    assert C.preset_names() == ["a100", "cpu", "flan-t5-base", "l4", "t4"]
     cpu = C.load_config("cpu")
     assert cpu.model.name == C.EMBEDDED_MODEL and cpu.data.source == "bundled"
     assert C.load_config("t4").model.load_in_4bit and C.load_config("t4").train.precision == "fp16"

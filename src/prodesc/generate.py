@@ -3,9 +3,10 @@
 - :class:`GenSettings` holds every decoding knob of the ``eval`` config section.
 - :func:`render_prompts` turns titles into prompt strings with the template the model was trained
   with (chat: the tokenizer's chat template with the assistant turn opened; text: the prompt).
-- :func:`generate_raw` runs ``model.generate`` over prompts in batches: left padding, prompts sorted
-  by length to waste little padding (outputs come back in the input order), only the new tokens
-  decoded, special tokens skipped.
+- :func:`generate_raw` runs ``model.generate`` over prompts in batches: padded as the model's family
+  needs (causal: left; seq2seq: right, :mod:`prodesc.family`), prompts sorted by length to waste
+  little padding (outputs come back in the input order), only the new tokens decoded (a causal
+  model's output repeats the prompt, a seq2seq model's does not), special tokens skipped.
 - :func:`describe` = the two above + ``template.extract``: titles in, descriptions out (with an
   optional streamer that prints the tokens as they are generated: the demo).
 - :class:`GenerationCache` keeps generations in a JSON Lines file, one line per row, appended and
@@ -26,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prodesc import family
 from prodesc.config import EvalConfig
+from prodesc.errors import UserError
 from prodesc.models import prepare_tokenizer
 from prodesc.templates import PromptTemplate
 
@@ -89,15 +92,21 @@ def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
     return ids
 
 
-def prepare_for_generation(tokenizer: Any) -> Any:
-    """Left padding (generation continues at the right end of every row); pad with EOS if unset."""
-    return prepare_tokenizer(tokenizer, padding_side="left")
+def prepare_for_generation(tokenizer: Any, fam: family.Family = family.CAUSAL) -> Any:
+    """Padding for generation (causal: left, so every row continues at its right end; seq2seq:
+    right, the encoder's usual side); pad with EOS if unset."""
+    return prepare_tokenizer(tokenizer, padding_side=fam.generation_padding_side)
 
 
 def render_prompts(tokenizer: Any, template: PromptTemplate, titles: Iterable[str]) -> list[str]:
     """Prompt strings for ``titles``, as the model saw them in training."""
     if template.kind == "text":
         return [template.format_prompt(t) for t in titles]
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"prompt template '{template.name}' is a chat template but this model's tokenizer has none "
+            "(e.g. FLAN-T5): train with a text template such as data.template=ptbr_qa or descfmt"
+        )
     return [
         tokenizer.apply_chat_template(template.format_prompt(t), add_generation_prompt=True, tokenize=False)
         for t in titles
@@ -133,7 +142,8 @@ def generate_raw(
     import torch
     from tqdm.auto import tqdm
 
-    prepare_for_generation(tokenizer)
+    fam = family.of_model(model)
+    prepare_for_generation(tokenizer, fam)
     lengths = [
         len(ids) for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     ]
@@ -155,7 +165,7 @@ def generate_raw(
             ).to(device)
             with torch.inference_mode():
                 gen = model.generate(**enc, **kwargs)
-            new = gen[:, enc["input_ids"].shape[1] :]
+            new = fam.new_tokens(gen, enc["input_ids"].shape[1])
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 out[i] = text
