@@ -132,9 +132,13 @@ def test_tiny_run_writes_every_artifact(finished_run):
         assert checkpoints.checkpoint_problem(ckpt) is None
 
 
-def test_rerun_of_a_finished_run_needs_overwrite(finished_run, capsys):
-    overrides, _ = finished_run
-    assert run_inprocess(overrides) == 2
+def test_rerun_of_a_finished_run_does_nothing_but_other_settings_need_overwrite(finished_run, capsys):
+    overrides, paths = finished_run
+    before = {p.name: p.stat().st_mtime_ns for p in paths.adapter.iterdir()}
+    assert run_inprocess(overrides) == 0  # *Run all* again after a disconnect
+    assert "already trained" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in paths.adapter.iterdir()} == before
+    assert run_inprocess([*overrides, "train.learning_rate=5e-4"]) == 2
     err = capsys.readouterr().err
     assert "already trained" in err and "overwrite=true" in err
 

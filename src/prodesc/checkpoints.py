@@ -162,6 +162,16 @@ def remove_tree(path: Path, truncate: bool = False) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def reached_max_steps(ckpt: Path) -> bool:
+    """True when ``ckpt`` is its run's last step (trainer_state.json: global_step >= max_steps).
+    Resuming from it would make the Trainer take one step too many."""
+    try:
+        state = json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
+        return int(state.get("max_steps") or 0) > 0 and int(state["global_step"]) >= int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def tokens_in_checkpoint(ckpt: Path | None) -> int:
     if ckpt is None:
         return 0

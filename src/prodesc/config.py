@@ -51,20 +51,39 @@ RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 class ModelConfig:
     name: str = EMBEDDED_MODEL
     """Base model: `smollm2-135m-instruct` (embedded, offline), a Hugging Face id, or a local folder."""
+    family: Literal["auto", "causal", "seq2seq"] = "auto"
+    """`causal` (decoder-only: Llama, SmolLM2, ...) or `seq2seq` (encoder-decoder: FLAN-T5, BART);
+    `auto` reads the model's config.json (is_encoder_decoder). It picks the model classes, the
+    trainer and the collation; everything else is the same."""
     backend: Literal["auto", "unsloth", "hf"] = "auto"
     """`auto`: Unsloth on CUDA when importable, else transformers+PEFT; `unsloth` or `hf` to force one."""
     load_in_4bit: bool = False
     """Load the base weights in 4-bit NF4 (QLoRA). CUDA only; ignored with a warning on CPU."""
+    load_in_8bit: bool = False
+    """Load the base weights in 8-bit (bitsandbytes LLM.int8), e.g. FLAN-T5 as in the 8-bit
+    projects. CUDA only; ignored with a warning on CPU. Not with load_in_4bit."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype: `auto` = float32 on CPU, bfloat16 where the GPU supports it, else float16."""
     max_length: int = 512
-    """Longest tokenized example (prompt + description) used in training; longer ones are truncated."""
+    """Longest tokenized example (prompt + description; seq2seq: each of them) used in training;
+    longer ones are dropped."""
     trust_remote_code: bool = False
     """Run model code from the hub. Off unless you trust the model's repository."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "model.name", "must not be empty")
         _check(16 <= self.max_length <= 32768, "model.max_length", "must be between 16 and 32768")
+        _check(self.family in ("auto", "causal", "seq2seq"), "model.family", "must be auto, causal or seq2seq")
+        _check(
+            not (self.load_in_4bit and self.load_in_8bit),
+            "model.load_in_8bit",
+            "cannot be combined with model.load_in_4bit: set one of them to false",
+        )
+        _check(
+            not (self.family == "seq2seq" and self.backend == "unsloth"),
+            "model.backend",
+            "is unsloth, which cannot load encoder-decoder models (model.family=seq2seq): use auto or hf",
+        )
 
 
 @dataclass
@@ -115,6 +134,12 @@ class DataConfig:
     """Stop with an error when more than this fraction of lines is unreadable JSON/UTF-8."""
 
     def __post_init__(self) -> None:
+        _check(
+            not self.name or RUN_NAME.fullmatch(self.name) is not None,
+            "data.name",
+            f"'{self.name}' is not a plain folder name: use letters, digits, '.', '_' or '-' "
+            "(no '/', no '..', not starting with '.')",
+        )
         _check(self.min_title_chars >= 0, "data.min_title_chars", "must be >= 0")
         _check(self.min_content_chars >= 0, "data.min_content_chars", "must be >= 0")
         _check(self.max_content_chars >= 0, "data.max_content_chars", "must be >= 0 (0 = no limit)")
@@ -187,8 +212,12 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    split: Literal["test", "validation"] = "test"
+    """Split 03 evaluates: `test` (the reported figures, in runs/<run>/eval/) or `validation` (to
+    choose decoding settings and checkpoints without looking at the test rows; written to
+    runs/<run>/eval_validation/)."""
     rows: Union[int, Literal["all"]] = 200
-    """Test rows to evaluate (seed-fixed sample), or `all`."""
+    """Rows of eval.split to evaluate (seed-fixed sample), or `all`."""
     batch_size: int = 16
     """Prompts generated together (left padding)."""
     max_new_tokens: int = 160
@@ -209,9 +238,16 @@ class EvalConfig:
     """Forbid repeating any n-gram of this size (0 = off)."""
     checkpoints: list[str] = field(default_factory=list)
     """Extra checkpoints of the run to compare (folder names under checkpoints/, e.g. checkpoint-100)."""
+    compare_runs: list[str] = field(default_factory=list)
+    """Other runs (names under <root>/runs/) whose fine-tuned outputs join this run's CSV, metrics
+    and report, e.g. a causal and a seq2seq model side by side. Each must have been evaluated by 03
+    on the same test rows (same data settings, seed and eval.rows; the template may differ)."""
 
     def __post_init__(self) -> None:
         _check(self.rows == "all" or self.rows > 0, "eval.rows", "must be > 0 or `all`")
+        for run in self.compare_runs:
+            _check(RUN_NAME.fullmatch(run) is not None, "eval.compare_runs",
+                   f"names '{run}', which is not a run name (a folder under <root>/runs/)")
         _check(self.batch_size > 0, "eval.batch_size", "must be > 0")
         _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
         _check(self.num_beams > 0, "eval.num_beams", "must be > 0")
@@ -511,7 +547,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read {path}: {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML ({problem}{where}): fix the file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -12,14 +12,23 @@ Merge the LoRA adapter of the run into 16-bit weights and evaluate base vs fine-
    the merged model and every checkpoint in eval.checkpoints, with the eval.* decoding settings.
    Generations are cached in eval/generations/<model>.jsonl: an interrupted run resumes where it
    stopped; changed settings start a new cache.
-3. Writes eval/: metrics.json, side_by_side.csv, improved_examples.csv, worst_regressions.csv,
-   row_metrics.csv (every per-row score of every model), metrics.png and report.html (open it in
-   a browser, or in Colab: IPython.display.HTML(open(path).read())).
+3. Compare (optional): eval.compare_runs=RUN,... adds each other run's fine-tuned outputs, read
+   from runs/<RUN>/eval/outputs.json, as more models: e.g. a causal SmolLM2/Llama run and a
+   seq2seq FLAN-T5 run side by side. The other run must have been evaluated (its own 03) on the
+   same test rows; a mismatch stops with an error before any work.
+4. Writes eval/: metrics.json, side_by_side.csv, improved_examples.csv, worst_regressions.csv,
+   row_metrics.csv (every per-row score of every model), metrics.png, report.html (open it in
+   a browser, or in Colab: IPython.display.HTML(open(path).read())) and outputs.json (this run's
+   outputs per model, what another run's eval.compare_runs reads).
+
+Decoder-only and encoder-decoder (FLAN-T5) models go through the same steps; only the model
+classes differ (model.family).
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import random
@@ -32,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prodesc import __version__, atomic, metrics, models, report, templates
+from prodesc import __version__, atomic, family, metrics, models, report, runlock, templates
 from prodesc.checkpoints import ADAPTER_WEIGHTS
 from prodesc.cli import log, run_stage
 from prodesc.config import Config
@@ -52,6 +61,9 @@ from prodesc.prepare import open_prepared
 ADAPTER_CONFIG = "adapter_config.json"
 TEMPLATE_FILE = "prompt_template.json"
 MERGE_CHECK = "merge_check.json"
+OUTPUTS_FILE = "outputs.json"
+"""eval/outputs.json: this run's outputs per model and the identity of its test rows."""
+OUTPUTS_FORMAT = 1
 CHECK_ROWS = 3
 """Test titles on which the merged model must reproduce the adapter's greedy output."""
 CHECK_MAX_NEW_TOKENS = 48
@@ -63,7 +75,7 @@ BNB_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("03_merge_fp16.py", __doc__, argv, _body)
+    return run_stage("03_merge_fp16.py", __doc__, argv, runlock.locked(_body, "03_merge_fp16"))  # one writer per run
 
 
 def _body(cfg: Config, paths: RunPaths) -> None:
@@ -74,10 +86,17 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     rows, available = eval_rows(cfg, paths)
     ckpts = checkpoint_folders(cfg, paths)
     settings = GenSettings.from_eval(cfg.eval)
+    others = compared_runs(cfg, paths, rows, settings, reserved={"base", "tuned", *ckpts})
+    out = eval_folder(paths.run, cfg.eval.split)
 
     # work
     check = ensure_merged(cfg, paths, model_path, template, [r["title"] for r in rows[:CHECK_ROWS]])
-    outputs, identities = generate_all(cfg, paths, model_path, template, rows, settings, ckpts)
+    outputs, identities = generate_all(cfg, paths, model_path, template, rows, settings, ckpts, out)
+    atomic.write_json(
+        out / OUTPUTS_FILE, outputs_document(cfg, paths, model_path, rows, settings, outputs, identities)
+    )
+    for label, other in others.items():
+        outputs[label], identities[label] = other["outputs"], other["identity"]
     references = [r["content"] for r in rows]
     titles = [r["title"] for r in rows]
     summaries, per_row = {}, {}
@@ -88,12 +107,21 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     # write
     table = report.side_by_side_rows(rows, outputs, {k: [r["rougeL"] for r in v] for k, v in per_row.items()})
     result = metrics_document(cfg, paths, summaries, identities, settings, check, len(rows), available)
-    atomic.write_json(paths.eval / "metrics.json", result)
+    result["rows_fingerprint"] = rows_fingerprint(rows)
+    result["split"] = cfg.eval.split
+    result["family"] = family.for_config(cfg, model_path).name
+    result["compared_runs"] = {label: other["info"] for label, other in others.items()}
+    atomic.write_json(out / "metrics.json", result)
     meta = report_meta(cfg, paths, result)
-    report.write_all(paths.eval, summaries, table, meta)
-    report.write_csv(paths.eval / "row_metrics.csv", report.long_row_metrics(rows, per_row))
+    report.write_all(out, summaries, table, meta)
+    report.write_csv(out / "row_metrics.csv", report.long_row_metrics(rows, per_row))
     print(format_summary(summaries))
-    log(f"evaluation: {paths.eval} (report.html, side_by_side.csv, metrics.json)")
+    log(f"evaluation of the {cfg.eval.split} split: {out} (report.html, side_by_side.csv, metrics.json)")
+
+
+def eval_folder(run_dir: Path, split: str) -> Path:
+    """Where 03 writes: runs/<run>/eval/ for the test split, runs/<run>/eval_<split>/ otherwise."""
+    return run_dir / "eval" if split == "test" else run_dir / f"eval_{split}"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -189,12 +217,14 @@ def check_same_base(recorded: str, model_path: str, model_name: str) -> None:
 
 
 def eval_rows(cfg: Config, paths: RunPaths) -> tuple[list[dict[str, Any]], int]:
-    """The test rows to evaluate (row index, uid, title, content) and how many the split holds."""
-    _, data = open_prepared(paths, ("test",), ("uid", "title", "content"))
-    test = data["test"]
+    """The rows of ``eval.split`` to evaluate (row index, uid, title, content) and how many the
+    split holds."""
+    split = cfg.eval.split
+    _, data = open_prepared(paths, (split,), ("uid", "title", "content"))
+    test = data[split]
     if len(test) == 0:
         raise UserError(
-            f"{paths.prepared_dataset} has no test rows: run 01_prepare.py with data.test_size > 0"
+            f"{paths.prepared_dataset} has no {split} rows: run 01_prepare.py with data.{split}_size > 0"
         )
     picked = select_rows(len(test), cfg.eval.rows, cfg.seed)
     cols = test.select(picked).select_columns(["uid", "title", "content"]).to_list()
@@ -236,15 +266,16 @@ def device_map() -> Any:
 
 
 def load_model(path: str | Path, cfg: Config) -> Any:
-    """A causal LM in the 16-bit compute dtype (float32 on CPU), never quantized."""
-    from transformers import AutoModelForCausalLM
-
+    """The model at ``path`` (its family's auto class: causal or seq2seq) in the 16-bit compute
+    dtype (float32 on CPU), never quantized."""
+    auto_class = family.for_config(cfg, str(path)).auto_class()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             str(path),
             dtype=models.compute_dtype(cfg),
             device_map=device_map(),
             trust_remote_code=cfg.model.trust_remote_code,
+            use_safetensors=True,  # never unpickle weights
         )
     except OSError as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -267,6 +298,8 @@ def load_tokenizer(folder: Path, cfg: Config) -> Any:
 def with_adapter(model: Any, folder: Path) -> Any:
     from peft import PeftModel
 
+    if not (Path(folder) / ADAPTER_WEIGHTS).is_file():  # PEFT would fall back to a pickled .bin
+        raise UserError(f"{folder} has no {ADAPTER_WEIGHTS}: prodesc loads adapters as safetensors only")
     return PeftModel.from_pretrained(model, str(folder)).eval()
 
 
@@ -416,6 +449,7 @@ def generate_all(
     rows: list[dict[str, Any]],
     settings: GenSettings,
     ckpts: dict[str, Path],
+    out: Path,
 ) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
     """Outputs and identity of every model: base, tuned (merged), then each checkpoint."""
     tokenizer = load_tokenizer(paths.merged, cfg)
@@ -442,15 +476,16 @@ def generate_all(
         plans[label] = (ident, lambda f=folder: with_adapter(load_model(model_path, cfg), f))
     outputs: dict[str, list[str]] = {}
     for label, (ident, loader) in plans.items():
-        outputs[label] = generate_for(paths, label, ident, loader, tokenizer, template, rows, settings)
+        outputs[label] = generate_for(out, label, ident, loader, tokenizer, template, rows, settings)
     return outputs, {label: ident for label, (ident, _) in plans.items()}
 
 
-def generate_for(paths, label, identity, loader, tokenizer, template, rows, settings) -> list[str]:
-    """One model's outputs for ``rows``: from its cache, generating (and loading it) only if needed."""
+def generate_for(out, label, identity, loader, tokenizer, template, rows, settings) -> list[str]:
+    """One model's outputs for ``rows``: from its cache in ``out``/generations, generating (and
+    loading it) only if needed."""
     key = cache_key(identity, settings, template)
     cache = GenerationCache(
-        paths.eval / "generations", label, key, {"model": identity, "settings": settings.decoding()}
+        out / "generations", label, key, {"model": identity, "settings": settings.decoding()}
     )
     todo = sum(cache.get(r["row"], r["title"]) is None for r in rows)
     if not todo:
@@ -463,6 +498,86 @@ def generate_for(paths, label, identity, loader, tokenizer, template, rows, sett
     finally:
         free(model)
         del model
+
+
+# --------------------------------------------------------------------------- other runs
+
+
+def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
+    """Identity of the evaluated test rows (uid, title, reference, in order): equal for two runs
+    prepared from the same data with the same settings and seed, whatever their prompt template."""
+    blob = json.dumps([[r["uid"], r["title"], r["content"]] for r in rows], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def outputs_document(cfg, paths, model_path, rows, settings, outputs, identities) -> dict[str, Any]:
+    """eval/outputs.json: what another run's eval.compare_runs needs from this one."""
+    return {
+        "format": OUTPUTS_FORMAT,
+        "run": cfg.run_name,
+        "model": cfg.model.name,
+        "family": family.for_config(cfg, model_path).name,
+        "prepared": paths.prepared_name,
+        "rows_fingerprint": rows_fingerprint(rows),
+        "uids": [r["uid"] for r in rows],
+        "generation": settings.decoding(),
+        "identities": identities,
+        "outputs": outputs,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def compared_runs(
+    cfg: Config, paths: RunPaths, rows: list[dict[str, Any]], settings: GenSettings, reserved: set[str]
+) -> dict[str, dict[str, Any]]:
+    """``eval.compare_runs`` → {label `<run>_tuned`: {outputs, identity, info}}, read from each run's
+    eval/outputs.json and checked to cover exactly this run's test rows."""
+    found: dict[str, dict[str, Any]] = {}
+    mine = rows_fingerprint(rows)
+    for run in dict.fromkeys(cfg.eval.compare_runs):
+        if run == cfg.run_name:
+            raise UserError(f"eval.compare_runs names this run ('{run}') itself: list the other runs only")
+        label = f"{run}_tuned"
+        if label in reserved:
+            raise UserError(f"eval.compare_runs: the label '{label}' is already taken by eval.checkpoints; "
+                            "rename that run or leave the checkpoint out")
+        file = eval_folder(paths.root / "runs" / run, cfg.eval.split) / OUTPUTS_FILE
+        if not file.is_file():
+            raise UserError(
+                f"eval.compare_runs: run '{run}' has no evaluation outputs ({file}): run 03_merge_fp16.py "
+                f"for it first (its own --preset with paths.run={run}, the same --root, data settings, "
+                "seed and eval.rows)"
+            )
+        doc = _read_json(file)
+        tuned = doc.get("outputs", {}).get("tuned") if isinstance(doc.get("outputs"), dict) else None
+        if doc.get("format") != OUTPUTS_FORMAT or not isinstance(tuned, list) or not isinstance(
+            doc.get("rows_fingerprint"), str
+        ):
+            raise UserError(f"{file} is not an outputs file of this prodesc version: run 03_merge_fp16.py "
+                            f"for run '{run}' again")
+        if doc["rows_fingerprint"] != mine or len(tuned) != len(rows):
+            raise UserError(
+                f"eval.compare_runs: run '{run}' was evaluated on other test rows than run '{cfg.run_name}' "
+                f"({len(doc.get('uids', tuned))} rows of the prepared data '{doc.get('prepared')}' vs "
+                f"{len(rows)} rows of '{paths.prepared_name}'): both runs need the same data.source, "
+                "data.* sizes and filters, seed and eval.rows (the prompt template may differ); "
+                f"run 03_merge_fp16.py for '{run}' again with those settings"
+            )
+        if doc.get("generation") != settings.decoding():
+            log(f"note: run '{run}' was generated with other decoding settings ({doc.get('generation')}); "
+                "metrics.json records both")
+        identity = {**(doc.get("identities", {}).get("tuned") or {}), "run": run}
+        info = {
+            "run": run,
+            "model": doc.get("model", ""),
+            "family": doc.get("family", "causal"),
+            "prepared": doc.get("prepared"),
+            "generation": doc.get("generation"),
+            "outputs_file": str(file),
+        }
+        log(f"comparing with run '{run}' ({info['model']}, {info['family']}) as '{label}'")
+        found[label] = {"outputs": [str(t) for t in tuned], "identity": identity, "info": info}
+    return found
 
 
 # --------------------------------------------------------------------------- results
@@ -493,10 +608,17 @@ def metrics_document(cfg, paths, summaries, identities, settings, check, n_rows,
 
 def report_meta(cfg: Config, paths: RunPaths, result: dict[str, Any]) -> dict[str, Any]:
     gen = result["generation"]
+    compared = {
+        "compared runs": "; ".join(
+            f"{label}: {info['model']} ({info['family']}), run '{info['run']}'"
+            for label, info in result["compared_runs"].items()
+        )
+    } if result.get("compared_runs") else {}
     return {
         "title": f"prodesc evaluation: {cfg.run_name}",
-        "base model": cfg.model.name,
-        "rows": f"{result['rows']} of {result['test_rows_available']} test rows (seed {cfg.seed})",
+        "base model": f"{cfg.model.name} ({result.get('family', 'causal')})",
+        **compared,
+        "rows": f"{result['rows']} of {result['test_rows_available']} {cfg.eval.split} rows (seed {cfg.seed})",
         "decoding": ", ".join(f"{k}={v}" for k, v in gen.items()),
         "merge check": "passed" if result["merge_check"].get("passed") else "FAILED",
         "semantic similarity": result["semantic_similarity_model"],

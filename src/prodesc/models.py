@@ -5,7 +5,8 @@
   is converted once into a normal safetensors folder under ``<root>/models/`` and reused.
 - :func:`select_backend` picks Unsloth (CUDA and importable) or transformers+PEFT, and imports
   Unsloth first when it is chosen (it patches transformers, so it must come before them).
-- :func:`load_for_training` returns ``(model, tokenizer, backend)`` with LoRA attached.
+- :func:`load_for_training` returns ``(model, tokenizer, backend)`` with LoRA attached, with the
+  model classes and LoRA task type of the model's family (:mod:`prodesc.family`: causal or seq2seq).
 
 torch, transformers, peft and unsloth are imported inside the functions only: importing this
 module stays cheap, and ``import unsloth`` (which raises without a GPU) happens on the CUDA path.
@@ -14,21 +15,21 @@ module stays cheap, and ``import unsloth`` (which raises without a GPU) happens 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from prodesc import hftoken
 from prodesc.atomic import build_dir
 from prodesc.cli import log
 from prodesc.config import Config
 from prodesc.embedded import EMBEDDED_MODEL, SMOLLM2_GGUF, SMOLLM2_PACKAGE, SMOLLM2_WHEEL
 from prodesc.errors import UserError
+from prodesc.family import CAUSAL, UNSLOTH_TARGETS, Family
+from prodesc.family import for_config as family_for_config
 from prodesc.paths import RunPaths
-
-
-UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-"""`all-linear` spelled out for Unsloth, which patches these projections of Llama-style models."""
 
 
 # --------------------------------------------------------------------------- model path
@@ -49,10 +50,45 @@ def embedded_gguf() -> Path:
 
 
 def is_model_dir(path: Path) -> bool:
-    """A folder ``from_pretrained`` can open without the network (config + weights)."""
+    """A folder ``from_pretrained`` can open without the network (config + safetensors weights)."""
     if not (path / "config.json").is_file():
         return False
-    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    return any(path.glob("*.safetensors"))
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+"""Weight files in Python's pickle format, which can run code when loaded: never loaded."""
+
+
+def check_local_model(path: Path, cfg: Config) -> None:
+    """Refuse a model folder prodesc will not load: weights only as pickle files (safetensors only),
+    or a config.json that needs the folder's own Python code (``auto_map`` for a model type
+    transformers does not know) while ``model.trust_remote_code`` is off."""
+    name = cfg.model.name
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+        if pickles:
+            raise UserError(
+                f"model.name '{name}': {path} holds its weights only as pickle files ({', '.join(pickles[:3])}), "
+                "which can run code when loaded: prodesc loads safetensors only; convert them where you trust "
+                "the files (from_pretrained, then save_pretrained(..., safe_serialization=True)) or use a "
+                "repository that ships .safetensors"
+            )
+    if cfg.model.trust_remote_code:
+        return
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # from_pretrained reports an unreadable config itself
+    if isinstance(config, dict) and config.get("auto_map"):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        if config.get("model_type") not in CONFIG_MAPPING:
+            raise UserError(
+                f"model.name '{name}': {path / 'config.json'} needs the model's own Python code (auto_map, "
+                f"model_type '{config.get('model_type')}'), and model.trust_remote_code is off: set "
+                "model.trust_remote_code=true only if you trust that code"
+            )
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
@@ -106,7 +142,11 @@ def resolve_model_path(cfg: Config, paths: RunPaths) -> str:
             raise UserError(f"model.name '{name}': no such folder; give an existing model folder or a hub id")
         if not (path / "config.json").is_file():
             raise UserError(f"model.name '{name}': {path} has no config.json, so it is not a model folder")
+        check_local_model(path, cfg)
         return str(path.resolve())
+    source = hftoken.export_hf_token()  # gated hub models; only where the token came from is logged
+    if source != "none":
+        log(f"Hugging Face token: from {source}")
     return name
 
 
@@ -128,13 +168,21 @@ def unsloth_installed() -> bool:
         return False
 
 
-def select_backend(cfg: Config) -> str:
+def select_backend(cfg: Config, family: Family | None = None) -> str:
     """`unsloth` or `hf` for ``model.backend``; imports Unsloth now when it is chosen.
 
     Unsloth patches transformers/TRL/PEFT, so it must be imported before them: call this first.
+    A ``family`` Unsloth cannot load (seq2seq) always gets `hf`.
     """
     wanted = cfg.model.backend
     cuda = cuda_available()
+    if family is not None and not family.unsloth:
+        if wanted == "unsloth":
+            raise UserError(
+                f"model.backend=unsloth cannot load {cfg.model.name}, an encoder-decoder (seq2seq) model: "
+                "use model.backend=auto or model.backend=hf"
+            )
+        return "hf"
     if wanted == "unsloth":
         if not cuda:
             raise UserError(
@@ -165,11 +213,9 @@ def compute_dtype(cfg: Config) -> Any:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def lora_targets(cfg: Config, backend: str) -> Any:
-    targets = list(cfg.lora.target_modules)
-    if targets == ["all-linear"]:
-        return list(UNSLOTH_TARGETS) if backend == "unsloth" else "all-linear"
-    return targets
+def lora_targets(cfg: Config, backend: str, family: Family | None = None) -> Any:
+    """``lora.target_modules`` as the backend takes them (`all-linear` spelled out for Unsloth)."""
+    return (family or CAUSAL).lora_targets(cfg.lora.target_modules, backend)
 
 
 def prepare_tokenizer(tokenizer: Any, padding_side: str = "right") -> Any:
@@ -181,28 +227,37 @@ def prepare_tokenizer(tokenizer: Any, padding_side: str = "right") -> Any:
     return tokenizer
 
 
-def load_for_training(cfg: Config, model_path: str, backend: str | None = None) -> tuple[Any, Any, str]:
+def load_for_training(
+    cfg: Config, model_path: str, backend: str | None = None, family: Family | None = None
+) -> tuple[Any, Any, str]:
     """Load the base model with LoRA attached: ``(model, tokenizer, backend name)``.
 
-    - `unsloth` (CUDA): ``FastLanguageModel.from_pretrained`` + ``get_peft_model``;
-    - `hf` on CUDA: transformers (NF4 via bitsandbytes when ``model.load_in_4bit``) + PEFT;
-    - `hf` on CPU: transformers in float32 + PEFT (``load_in_4bit`` is ignored with a warning).
+    - `unsloth` (CUDA, causal models): ``FastLanguageModel.from_pretrained`` + ``get_peft_model``;
+    - `hf` on CUDA: transformers (NF4 when ``model.load_in_4bit``, LLM.int8 when
+      ``model.load_in_8bit``, via bitsandbytes) + PEFT;
+    - `hf` on CPU: transformers in float32 + PEFT (4-/8-bit loading is ignored with a warning).
+
+    ``family`` (default: ``model.family``, detected from config.json when `auto`) picks the
+    transformers auto class and PEFT's task type.
     """
-    backend = backend or select_backend(cfg)
+    family = family or family_for_config(cfg, model_path)
+    backend = backend or select_backend(cfg, family)
     if backend == "unsloth":
         return _load_unsloth(cfg, model_path)
-    return _load_hf(cfg, model_path)
+    return _load_hf(cfg, model_path, family)
 
 
 def _load_unsloth(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
     from unsloth import FastLanguageModel
 
+    extra = {"load_in_8bit": True} if cfg.model.load_in_8bit else {}
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_path,
         max_seq_length=cfg.model.max_length,
         dtype=None if cfg.model.dtype == "auto" else compute_dtype(cfg),
         load_in_4bit=cfg.model.load_in_4bit,
         trust_remote_code=cfg.model.trust_remote_code,
+        **extra,
     )
     model = FastLanguageModel.get_peft_model(
         model,
@@ -217,18 +272,21 @@ def _load_unsloth(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
     return model, prepare_tokenizer(tokenizer), "unsloth"
 
 
-def _load_hf(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
+def _load_hf(cfg: Config, model_path: str, family: Family) -> tuple[Any, Any, str]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoTokenizer, set_seed
 
     cuda = cuda_available()
     dtype = compute_dtype(cfg)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code, "use_safetensors": True,
+    }
+    bits = "load_in_4bit" if cfg.model.load_in_4bit else "load_in_8bit" if cfg.model.load_in_8bit else None
     quantized = False
-    if cfg.model.load_in_4bit and not cuda:
-        warnings.warn("model.load_in_4bit is ignored on CPU: training LoRA on float32 weights", stacklevel=2)
-        log("model.load_in_4bit ignored on CPU (no GPU): LoRA on float32 weights")
-    elif cfg.model.load_in_4bit:
+    if bits and not cuda:
+        warnings.warn(f"model.{bits} is ignored on CPU: training LoRA on float32 weights", stacklevel=2)
+        log(f"model.{bits} ignored on CPU (no GPU): LoRA on float32 weights")
+    elif bits == "load_in_4bit":
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -238,9 +296,17 @@ def _load_hf(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
             bnb_4bit_compute_dtype=dtype,
         )
         quantized = True
+    elif bits == "load_in_8bit":
+        # LLM.int8 (transformers' bitsandbytes docs): the int8 matmuls compute in fp16 internally;
+        # T5 keeps its FFN output projection `wo` unquantized in float32 (_keep_in_fp32_modules),
+        # which is what keeps FLAN-T5 from overflowing there.
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        quantized = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        model = family.auto_class().from_pretrained(model_path, **kwargs)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
@@ -257,9 +323,9 @@ def _load_hf(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=lora_targets(cfg, "hf"),
+        target_modules=lora_targets(cfg, "hf", family),
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=family.task_type,
     )
     model = get_peft_model(model, lora)
     return model, prepare_tokenizer(tokenizer), "hf"

@@ -19,6 +19,7 @@ Layout under the root (:class:`RunPaths`)::
     runs/<run>/merged_fp16/        03: the merged 16-bit model
     runs/<run>/eval/               03: side_by_side.csv, metrics.json, report.html
     runs/<run>/logs/               TensorBoard events, loss_history.csv, loss_curve.png
+    runs/<run>/run.lock            held while 02 or 03 writes the run (prodesc.runlock)
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ class RunPaths:
     @property
     def logs(self) -> Path:
         return self.run / "logs"
+
+    @property
+    def lock(self) -> Path:
+        """Held by 02 and 03 while they write the run (prodesc.runlock): one run, one writer."""
+        return self.run / "run.lock"
 
     def inside_root(self, value: str, what: str) -> Path:
         """A user-given path: absolute as given; relative ones are inside the root and may not

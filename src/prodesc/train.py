@@ -1,12 +1,15 @@
 """python src/02_sft_qlora.py [--preset NAME] [--root DIR] [key=value ...]
 
 Fine-tune the model with LoRA (QLoRA with model.load_in_4bit=true on a GPU) on the prepared data
-from 01_prepare.py, and write the adapter to <root>/runs/<run>/adapter/.
+from 01_prepare.py, and write the adapter to <root>/runs/<run>/adapter/. Decoder-only models train
+with TRL's SFTTrainer; encoder-decoder ones (FLAN-T5, model.family=seq2seq) with transformers'
+Seq2SeqTrainer (prompt into the encoder, description as the decoder's labels).
 
 Resumes by itself: with resume=auto (the default) a re-run continues from the newest complete
-checkpoint in runs/<run>/checkpoints/ (a half-written one is skipped). overwrite=true deletes the
-run's checkpoints and starts over; without it, nothing trained is thrown away. In Colab,
-checkpoints are written to the VM's disk and copied to Drive in the background. Also runs under
+checkpoint in runs/<run>/checkpoints/ (a half-written one is skipped), and a re-run of a finished
+run with the same settings does nothing ("already trained"). overwrite=true deletes the run's
+checkpoints and starts over; without it, nothing trained is thrown away. In Colab, checkpoints
+are written to the VM's disk and copied to Drive in the background. Also runs under
 `accelerate launch` (several GPUs, or 2 CPU processes).
 
 Writes: adapter/ (LoRA weights, tokenizer, prompt_template.json), config.yaml,
@@ -18,12 +21,13 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from prodesc import atomic, checkpoints, models, templates, trainlog
+from prodesc import atomic, checkpoints, family, models, runlock, sampling, templates, trainlog
 from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.errors import ConfigError, UserError
@@ -36,6 +40,9 @@ TENSORBOARD_ENV = "TENSORBOARD_LOGGING_DIR"
 RESUME_LOCKED_KEYS = (
     "seed",
     "model.name",
+    "model.family",
+    "model.load_in_4bit",
+    "model.load_in_8bit",
     "lora.r",
     "lora.alpha",
     "lora.dropout",
@@ -64,29 +71,38 @@ BATCHING = "group_by_length"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("02_sft_qlora.py", __doc__, argv, _body)
+    return run_stage("02_sft_qlora.py", __doc__, argv, runlock.locked(_body, "02_sft_qlora"))  # one writer per run
 
 
 # --------------------------------------------------------------------------- the recipe
 
 
 def _body(cfg: Config, paths: RunPaths) -> None:
+    if already_trained(cfg, paths):
+        log(f"already trained: {paths.adapter} (overwrite=true to train again)")
+        return
     # setup
-    backend = models.select_backend(cfg)  # first: Unsloth must be imported before transformers
+    fam = family.for_config(cfg)  # reads config.json only: no transformers import yet
+    backend = models.select_backend(cfg, fam)  # first: Unsloth must be imported before transformers
     template, data = load_prepared(cfg, paths)
     dirs = checkpoints.checkpoint_dirs(cfg, paths)
-    args = training_args(cfg, paths, dirs, backend)
+    args = training_args(cfg, paths, dirs, backend, fam)
     main_proc = args.process_index == 0
     with args.main_process_first(local=False, desc="resume check"):
         resume = plan_start(cfg, paths, dirs, is_main=main_proc)
         model_path = models.resolve_model_path(cfg, paths)
-    model, tokenizer, backend = models.load_for_training(cfg, model_path, backend)
-    data, dropped = drop_overlong(data, tokenizer, cfg.model.max_length)
-    trainer = build_trainer(cfg, paths, dirs, args, model, tokenizer, data)
+    if resume is not None and checkpoints.reached_max_steps(resume):
+        if main_proc:  # stopped after its last checkpoint, before adapter/ was written
+            finish_from_checkpoint(cfg, paths, resume, template)
+        return
+    model, tokenizer, backend = models.load_for_training(cfg, model_path, backend, fam)
+    check_template_fits(template, tokenizer, cfg)
+    data, dropped = drop_overlong(data, tokenizer, cfg.model.max_length, fam)
+    trainer = build_trainer(cfg, paths, dirs, args, model, tokenizer, data, fam)
     start_tokens = checkpoints.tokens_in_checkpoint(resume)
 
     # train
-    log(f"training {cfg.model.name} ({backend}, {precision_name(args)}) "
+    log(f"training {cfg.model.name} ({fam.name}, {backend}, {precision_name(args)}) "
         + (f"from {resume}" if resume else "from scratch"))
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     eval_loss = final_eval_loss(trainer, data)
@@ -101,6 +117,8 @@ def _body(cfg: Config, paths: RunPaths) -> None:
         save_adapter(cfg, paths, trainer.model, tokenizer, template)
         summary = train_summary(cfg, trainer, result, backend, args, start_tokens, eval_loss, resume)
         summary["dropped_overlong"] = dropped
+        summary["family"] = fam.name
+        summary["tokens_counted"] = fam.tokens_counted
         atomic.write_json(paths.run / "train_summary.json", summary)
         log(f"adapter: {paths.adapter}")
         print(json.dumps(summary, indent=2))
@@ -132,17 +150,21 @@ def load_prepared(cfg: Config, paths: RunPaths) -> tuple[templates.PromptTemplat
     return used, data
 
 
-def example_length(example: dict[str, Any], tokenizer: Any) -> int:
-    """Tokens of prompt + completion as the trainer will see them (EOS included)."""
-    if isinstance(example["prompt"], list):
-        out = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
-        ids = out["input_ids"] if hasattr(out, "keys") else out
-        return len(ids)
-    return len(tokenizer(example["prompt"] + example["completion"])["input_ids"]) + 1
+def check_template_fits(template: templates.PromptTemplate, tokenizer: Any, cfg: Config) -> None:
+    """A chat template needs a tokenizer with one (FLAN-T5's has none): say so before training."""
+    if template.kind == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"the prepared data uses the chat prompt template '{template.name}', but the tokenizer of "
+            f"{cfg.model.name} has no chat template (e.g. FLAN-T5): use a text template such as "
+            "data.template=ptbr_qa or data.template=descfmt and run 01_prepare.py again"
+        )
 
 
-def drop_overlong(data: dict[str, Any], tokenizer: Any, max_length: int) -> tuple[dict[str, Any], dict[str, int]]:
-    """Drop examples longer than ``model.max_length`` instead of letting the trainer truncate them.
+def drop_overlong(
+    data: dict[str, Any], tokenizer: Any, max_length: int, fam: family.Family = family.CAUSAL
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Drop examples longer than ``model.max_length`` instead of letting the trainer truncate them
+    (causal: prompt + completion; seq2seq: the prompt and the completion each).
 
     A truncated example loses its closing EOS, and training on many of them teaches the model not
     to stop (measured: on the bundled sample with max_length 128, the adapter's EOS log-probability
@@ -150,7 +172,7 @@ def drop_overlong(data: dict[str, Any], tokenizer: Any, max_length: int) -> tupl
     """
     kept, dropped = {}, {}
     for split, ds in data.items():
-        keep = ds.filter(lambda ex: example_length(ex, tokenizer) <= max_length, desc=f"length check ({split})")
+        keep = ds.filter(lambda ex: fam.example_length(ex, tokenizer) <= max_length, desc=f"length check ({split})")
         kept[split], dropped[split] = keep, len(ds) - len(keep)
         if dropped[split]:
             log(f"{split}: dropped {dropped[split]} of {len(ds)} examples longer than model.max_length="
@@ -172,6 +194,19 @@ def expected_template(cfg: Config, paths: RunPaths) -> templates.PromptTemplate 
             raise
         log(f"warning: cannot re-read data.template ({err}); using the template stored with the data")
         return None
+
+
+def already_trained(cfg: Config, paths: RunPaths) -> bool:
+    """True when there is nothing to do: the run's adapter exists and this is a plain re-run
+    (resume=auto, no overwrite) with the same training settings, e.g. *Run all* again after a
+    disconnect. A re-run with other settings is refused by plan_start (overwrite=true or a new run)."""
+    if cfg.overwrite or cfg.resume.strip() != "auto" or not paths.adapter.exists():
+        return False
+    try:
+        check_resume_config(cfg, paths)
+    except UserError:
+        return False
+    return True
 
 
 def plan_start(cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs, is_main: bool = True) -> Path | None:
@@ -295,18 +330,16 @@ def precision_name(args: Any) -> str:
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
-def training_args(cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs, backend: str) -> Any:
-    from trl import SFTConfig
-
+def training_args(
+    cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs, backend: str, fam: family.Family | None = None
+) -> Any:
+    """The trainer's arguments: the same for every family, plus the family's own (its arguments
+    class; batching and sequence length for TRL's SFTConfig, length grouping for seq2seq)."""
+    fam = fam or family.for_config(cfg)
     bf16, fp16 = precision_flags(cfg)
     t = cfg.train
     warmup: float | int = t.warmup if t.warmup < 1 else int(t.warmup)
-    grouping = (
-        {"packing": True}  # bfd packing turns padding-free batching on by itself
-        if BATCHING == "packing"
-        else {"train_sampling_strategy": "group_by_length", "packing": False, "padding_free": False}
-    )
-    return SFTConfig(
+    return fam.args_class()(
         output_dir=str(dirs.output),
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -325,8 +358,7 @@ def training_args(cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs
         # Unsloth does its own (faster) checkpointing, set up in get_peft_model.
         gradient_checkpointing=t.gradient_checkpointing and backend != "unsloth",
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=cfg.model.max_length,  # rows are padded to the longest in their batch, not to this
-        **grouping,
+        **fam.args_extras(cfg, BATCHING),
         logging_steps=t.logging_steps,
         logging_first_step=False,
         save_strategy="steps",
@@ -341,9 +373,10 @@ def training_args(cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs
     )
 
 
-def build_trainer(cfg, paths, dirs, args, model, tokenizer, data) -> Any:
-    from trl import SFTTrainer
-
+def build_trainer(cfg, paths, dirs, args, model, tokenizer, data, fam: family.Family | None = None) -> Any:
+    """The family's trainer (causal: TRL SFTTrainer; seq2seq: Seq2SeqTrainer) with the shared
+    callbacks (loss history, Drive mirror), validation split and TensorBoard folder."""
+    fam = fam or family.of_model(model)
     callbacks = [trainlog.loss_callback(paths.logs, title=f"{cfg.run_name}: {cfg.model.name}")]
     if dirs.mirror is not None:
         callbacks.append(checkpoints.mirror_callback(dirs.mirror, cfg.train.save_total_limit))
@@ -355,14 +388,10 @@ def build_trainer(cfg, paths, dirs, args, model, tokenizer, data) -> Any:
     before = os.environ.get(TENSORBOARD_ENV)
     os.environ[TENSORBOARD_ENV] = str(paths.logs)
     try:
-        return SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=data["train"],
-            eval_dataset=eval_ds,
-            processing_class=tokenizer,
-            callbacks=callbacks,
+        trainer = fam.trainer(
+            model=model, args=args, data=data, eval_dataset=eval_ds, tokenizer=tokenizer, callbacks=callbacks
         )
+        return sampling.install(trainer, cfg.seed)  # epoch order from (seed, epoch): resumes reproduce it
     finally:
         if before is None:
             os.environ.pop(TENSORBOARD_ENV, None)
@@ -379,6 +408,46 @@ def final_eval_loss(trainer: Any, data: dict) -> float | None:
         return float(last[-1]["eval_loss"])
     metrics = trainer.evaluate()
     return float(metrics["eval_loss"])
+
+
+CHECKPOINT_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", checkpoints.TRAINER_STATE)
+"""Files of a checkpoint that belong to the Trainer, not to the adapter (with rng_state*.pth)."""
+
+
+def finish_from_checkpoint(cfg: Config, paths: RunPaths, ckpt: Path, template: templates.PromptTemplate) -> None:
+    """The run stopped after its last checkpoint but before adapter/ was written: that checkpoint
+    holds the finished adapter. Resuming from it would make the Trainer take one step more than
+    planned (it checks max_steps only after a step; found by bench/kill_trials.py), so adapter/,
+    the loss history and the summary are written from the checkpoint instead."""
+    state = json.loads((ckpt / checkpoints.TRAINER_STATE).read_text(encoding="utf-8"))
+    history = state.get("log_history") or []
+    log(f"{ckpt.name} is the run's last step ({state['global_step']} of {state['max_steps']}): "
+        "writing the adapter from it")
+    rows = trainlog.write_history(paths.logs / "loss_history.csv", history)
+    trainlog.plot_history(paths.logs / "loss_curve.png", rows, f"{cfg.run_name}: {cfg.model.name}")
+    with atomic.build_dir(paths.adapter, overwrite=True) as tmp:
+        for f in sorted(ckpt.iterdir()):
+            if f.is_file() and f.name not in CHECKPOINT_ONLY and not f.name.startswith("rng_state"):
+                shutil.copy2(f, tmp / f.name)
+        atomic.write_json(tmp / "prompt_template.json", template.to_dict())
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    summary = {
+        "run": cfg.run_name,
+        "model": cfg.model.name,
+        "steps": state["global_step"],
+        "epochs": round(float(state.get("epoch") or 0.0), 4),
+        "resumed_from": str(ckpt),
+        "finished_from_checkpoint": True,
+        "train_tokens_seen": int(state.get("num_input_tokens_seen") or 0),
+        "final_train_loss": float(losses[-1]) if losses else None,
+        "final_eval_loss": (
+            float(evals[-1]["eval_loss"]) if evals and evals[-1].get("step") == state["global_step"] else None
+        ),
+    }
+    atomic.write_json(paths.run / "train_summary.json", summary)
+    log(f"adapter: {paths.adapter}")
+    print(json.dumps(summary, indent=2))
 
 
 def save_adapter(cfg: Config, paths: RunPaths, model: Any, tokenizer: Any, template: templates.PromptTemplate) -> None:
