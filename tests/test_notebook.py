@@ -6,6 +6,8 @@ import ast
 import json
 import re
 
+import pytest
+
 from rawfiles import REPO
 
 NOTEBOOK = REPO / "colab" / "launcher.ipynb"
@@ -43,3 +45,45 @@ def test_settings_cell_is_a_colab_form_and_drive_is_mounted_before_any_stage():
     first_stage = next(i for i, c in enumerate(code) if "!python src/01_prepare.py" in c)
     assert mount < first_stage
     assert cells("markdown")[0].startswith("# ")
+
+
+def test_the_notebook_is_valid_nbformat():
+    import nbformat
+
+    nbformat.validate(nbformat.read(NOTEBOOK, as_version=4))
+
+
+def test_drive_is_mounted_where_the_settings_say_and_the_root_is_on_it():
+    settings, mount = cells("code")[0], next(c for c in cells("code") if "drive.mount(" in c)
+    assert re.search(r'^DRIVE_MOUNT = "/content/drive"', settings, re.M)
+    assert "drive.mount(DRIVE_MOUNT)" in mount and 'ROOT = f"{DRIVE_MOUNT}/MyDrive/{DRIVE_FOLDER}"' in mount
+
+
+def test_every_stage_cell_stops_run_all_when_its_script_fails():
+    code = cells("code")
+    helper = next(i for i, c in enumerate(code) if "def stop_if_failed(" in c)
+    stages = [(i, c) for i, c in enumerate(code) if re.search(r"^!python src/\d\d_", c, re.M)]
+    assert len(stages) == 5 and helper < stages[0][0]
+    for _, source in stages:
+        script = re.search(r"^!python src/(\d\d_\w+)\.py", source, re.M).group(1)
+        assert source.rstrip().endswith(f'stop_if_failed("{script}")'), script
+
+
+def test_stop_if_failed_raises_on_a_nonzero_exit_code_only():
+    """The helper reads IPython's `_exit_code` (Colab's shell sets it too) after `!python`."""
+    source = python_only(next(c for c in cells("code") if "def stop_if_failed(" in c))
+    tree = ast.parse(source)
+    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "stop_if_failed")
+    namespace: dict = {}
+    exec(compile(ast.Module([func], []), "launcher.ipynb", "exec"), namespace)
+    namespace["_exit_code"] = 0
+    namespace["stop_if_failed"]("01_prepare")
+    namespace["_exit_code"] = 2
+    with pytest.raises(RuntimeError, match="01_prepare failed \\(exit 2\\)"):
+        namespace["stop_if_failed"]("01_prepare")
+
+
+def test_the_notebook_holds_no_test_hooks():
+    text = NOTEBOOK.read_text(encoding="utf-8")
+    for word in ("PRODESC_FAKE", "pytest", "tests/"):
+        assert word not in text, word

@@ -1,0 +1,1 @@
+"""Test stand-in for Colab's ``google.colab`` (see tests/fakes/README.md); not the real package."""
