@@ -212,6 +212,14 @@ def test_starting_over_needs_overwrite(finished_run, tmp_path):
     cfg, _ = stage_paths(moved + ["overwrite=true"])
     assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new)) is None
     assert not checkpoints.list_checkpoints(new.checkpoints)
+    # killed while saving its first checkpoint: the only, broken, checkpoint goes and training starts over
+    first = new.checkpoints / "checkpoint-3"
+    shutil.copytree(paths.checkpoints / "checkpoint-3", first)
+    (first / "trainer_state.json").unlink()
+    cfg, _ = stage_paths(moved)
+    with pytest.warns(UserWarning):
+        assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new)) is None
+    assert not first.exists()
     # an explicit checkpoint folder
     cfg, _ = stage_paths(moved + [f"resume={paths.checkpoints / 'checkpoint-6'}"])
     assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new)) == paths.checkpoints / "checkpoint-6"

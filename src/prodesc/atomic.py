@@ -69,6 +69,7 @@ def build_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(final)
     tmp = _tmp_sibling(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -78,6 +79,35 @@ def build_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, final, overwrite=overwrite)
+
+
+def sweep_leftovers(final: Path) -> list[Path]:
+    """Remove what a killed writer of ``final`` left beside it; return what was removed.
+
+    ``.<name>.tmp-<pid>`` (a directory being built) and ``.<name>.old-<pid>`` (the previous version
+    being replaced) of a process that is no longer alive on this machine are deleted, except an
+    ``old`` one when ``final`` itself is missing: the kill fell between the two renames, so that
+    folder is the last complete version and is moved back to ``final``. A leftover whose pid is
+    alive (another writer, or an unrelated process of a later runtime that reuses the pid) is kept.
+    """
+    from prodesc.runlock import pid_alive
+
+    removed: list[Path] = []
+    prefix = f".{final.name}."
+    try:
+        siblings = [p for p in final.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for path in sorted(siblings):
+        kind, _, pid = path.name[len(prefix):].partition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        if kind == "old" and not final.exists():
+            os.replace(path, final)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def replace_dir(src: Path, final: Path, overwrite: bool = False) -> None:

@@ -249,13 +249,17 @@ def plan_start(cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs, i
                 "over: pass overwrite=true to delete them and start over, or resume=auto to continue from "
                 "the newest complete one (or paths.run=NAME for a new run)"
             )
-        if not cfg.overwrite:
+        first_save_cut = mode == "auto" and len(existing) == 1 and not paths.adapter.exists()
+        if first_save_cut and is_main:  # killed while saving its first checkpoint: nothing to lose
+            log(f"{existing[0]} is the run's only checkpoint and was cut off while saving: starting over")
+            checkpoints.remove_tree(existing[0], truncate=dirs.mirror is not None and existing[0].is_relative_to(dirs.mirror))
+        elif not cfg.overwrite and not first_save_cut:
             raise UserError(
                 f"run '{cfg.run_name}' has checkpoints in {existing[0].parent} but no complete one to "
                 "resume from (see the warnings above): pass overwrite=true to delete them and start over, "
                 "or paths.run=NAME for a new run"
             )
-        if is_main:
+        if is_main and cfg.overwrite:
             for d in dirs.search():
                 if d.is_dir():
                     log(f"overwrite=true: deleting old checkpoints in {d}")
