@@ -187,9 +187,17 @@ def test_page_in_headless_chromium_types_a_title_clicks_and_shows_both_outputs(w
         driver.get(f"http://127.0.0.1:{port}/")
         wait = WebDriverWait(driver, 120)
         box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#title textarea, #title input"))
-        examples = driver.find_element(By.TAG_NAME, "body").text
         test_titles = __import__("datasets").load_from_disk(str(paths.prepared_dataset))["test"]["title"]
-        assert test_titles[0] in examples  # the example titles are on the page
+
+        def page_text(_):  # Gradio renders the examples after the input box: wait for them
+            text = driver.find_element(By.TAG_NAME, "body").text
+            return text if test_titles[0] in text else False
+
+        try:
+            wait.until(page_text)
+        except Exception:  # a timeout: say what the page showed
+            pytest.fail(f"example title {test_titles[0]!r} never appeared on the page: "
+                        f"{driver.find_element(By.TAG_NAME, 'body').text!r}")
         box.send_keys(TITLE)
         driver.find_element(By.CSS_SELECTOR, "#describe").click()
 
