@@ -50,7 +50,10 @@ def test_settings_cell_is_a_colab_form_and_drive_is_mounted_before_any_stage():
 def test_the_notebook_is_valid_nbformat():
     import nbformat
 
-    nbformat.validate(nbformat.read(NOTEBOOK, as_version=4))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    ids = [cell.get("id") for cell in json.loads(NOTEBOOK.read_text())["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids), "every cell needs its own id (nbformat ≥ 4.5)"
 
 
 def test_drive_is_mounted_where_the_settings_say_and_the_root_is_on_it():
