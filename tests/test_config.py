@@ -83,7 +83,7 @@ def test_unknown_or_mistyped_keys_in_a_yaml_preset(tmp_path):
 
 
 def test_unknown_preset_lists_the_shipped_ones():
-    with pytest.raises(ConfigError, match="choose one of a100, cpu, flan-t5-base, l4, t4"):
+    with pytest.raises(ConfigError, match="choose one of a100, cpu, cpu-quality, flan-t5-base, l4, t4"):
         C.load_config("t5")
 
 
@@ -100,10 +100,18 @@ def test_every_shipped_preset_loads_and_round_trips(name):
 
 
 def test_presets_shipped_are_the_ones_the_product_needs():
-    # four by hardware, plus the FLAN-T5 (seq2seq) preset of the earlier projects
-    assert C.preset_names() == ["a100", "cpu", "flan-t5-base", "l4", "t4"]
+    # four by hardware, the FLAN-T5 (seq2seq) preset of the earlier projects, and the CPU recipe
+    # tuned on real rows (README "Results")
+    assert C.preset_names() == ["a100", "cpu", "cpu-quality", "flan-t5-base", "l4", "t4"]
     cpu = C.load_config("cpu")
     assert cpu.model.name == C.EMBEDDED_MODEL and cpu.data.source == "bundled"
+    quality = C.load_config("cpu-quality")
+    assert quality.model == cpu.model and quality.eval.rows == "all"
+    # what the validation sweep chose, carried into every preset that generates descriptions
+    for name in ("cpu", "cpu-quality", "t4", "l4", "a100"):  # the causal models; not FLAN-T5
+        assert C.load_config(name).eval.repetition_penalty == 1.2, name
+    for name in ("cpu-quality", "t4", "l4", "a100"):  # `cpu` keeps 96 for the 10-minute local run
+        assert C.load_config(name).eval.max_new_tokens == 200, name
     assert C.load_config("t4").model.load_in_4bit and C.load_config("t4").train.precision == "fp16"
     for big in ("l4", "a100"):
         assert C.load_config(big).train.precision == "bf16"

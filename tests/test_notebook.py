@@ -90,3 +90,13 @@ def test_the_notebook_holds_no_test_hooks():
     text = NOTEBOOK.read_text(encoding="utf-8")
     for word in ("PRODESC_FAKE", "pytest", "tests/"):
         assert word not in text, word
+
+
+def test_the_preset_dropdown_offers_every_shipped_preset():
+    from prodesc.config import preset_names
+
+    found = re.search(r"^PRESET = .*# @param (\[.*\])$", "\n".join(cells("code")), re.M)
+    assert found, "no `# @param` dropdown for PRESET"
+    offered = json.loads(found.group(1))
+    assert offered[0] == ""  # empty: chosen from the GPU
+    assert sorted(offered[1:]) == preset_names()
