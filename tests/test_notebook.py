@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from prodesc.config import preset_names
 from rawfiles import REPO
 
 NOTEBOOK = REPO / "colab" / "launcher.ipynb"
@@ -93,8 +94,6 @@ def test_the_notebook_holds_no_test_hooks():
 
 
 def test_the_preset_dropdown_offers_every_shipped_preset():
-    from prodesc.config import preset_names
-
     found = re.search(r"^PRESET = .*# @param (\[.*\])$", "\n".join(cells("code")), re.M)
     assert found, "no `# @param` dropdown for PRESET"
     offered = json.loads(found.group(1))
