@@ -97,6 +97,30 @@ def test_completion_only_loss_and_eos_is_trained(tiny_model_dir, tmp_path, templ
     assert "Product" not in completion and "Title" not in completion
 
 
+def test_neftune_noise_reaches_training_only(tiny_model_dir, tmp_path):
+    """train.neftune_noise_alpha noises the input embeddings while training (the adapter differs
+    from a noiseless run with the same seed) and the noise hook is gone afterwards (generation)."""
+    adapters = {}
+    for alpha in (0, 5):
+        overrides = tiny_overrides(tiny_model_dir, tmp_path / f"a{alpha}", "train.max_steps=2", "lora.dropout=0",
+                                   f"train.neftune_noise_alpha={alpha}")
+        cfg, paths = stage_paths(overrides)
+        write_prepared(paths)
+        _, data = train.load_prepared(cfg, paths)
+        dirs = checkpoints.checkpoint_dirs(cfg, paths)
+        args = train.training_args(cfg, paths, dirs, "hf")
+        assert args.neftune_noise_alpha == (alpha or None)
+        from prodesc import models
+
+        model, tok, _ = models.load_for_training(cfg, str(tiny_model_dir), "hf")
+        trainer = train.build_trainer(cfg, paths, dirs, args, model, tok, data)
+        trainer.train()
+        embed = model.get_input_embeddings()
+        assert not embed._forward_hooks and not hasattr(embed, "neftune_noise_alpha")
+        adapters[alpha] = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    assert max_abs_diff(adapters[0], adapters[5]) > 0
+
+
 # --------------------------------------------------------------------------- a full tiny run
 
 

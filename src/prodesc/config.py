@@ -183,6 +183,9 @@ class TrainConfig:
     """Warmup: a fraction of the steps (< 1) or a number of steps (>= 1)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    neftune_noise_alpha: float = 0.0
+    """NEFTune: uniform noise of this scale added to the input embeddings while training (a
+    regulariser for small instruction datasets, e.g. 5; 0 = off). Generation never adds noise."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Training precision: `auto` = fp32 on CPU, bf16 where supported, else fp16."""
     gradient_checkpointing: bool = False
@@ -204,6 +207,7 @@ class TrainConfig:
         _check(0 < self.learning_rate < 1, "train.learning_rate", "must be in (0, 1)")
         _check(self.warmup >= 0, "train.warmup", "must be >= 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.neftune_noise_alpha >= 0, "train.neftune_noise_alpha", "must be >= 0 (0 = off)")
         _check(self.save_steps > 0, "train.save_steps", "must be > 0")
         _check(self.save_total_limit > 0, "train.save_total_limit", "must be > 0")
         _check(self.eval_steps >= 0, "train.eval_steps", "must be >= 0")

@@ -356,6 +356,7 @@ def training_args(
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=warmup,
         weight_decay=t.weight_decay,
+        neftune_noise_alpha=t.neftune_noise_alpha or None,
         bf16=bf16,
         fp16=fp16,
         use_cpu=not models.cuda_available(),
