@@ -97,6 +97,34 @@ def test_completion_only_loss_and_eos_is_trained(tiny_model_dir, tmp_path, templ
     assert "Product" not in completion and "Title" not in completion
 
 
+@pytest.mark.parametrize("mode", ["drop", "truncate"])
+def test_overlong_examples_dropped_or_truncated(tiny_model_dir, tmp_path, mode):
+    """train.overlong: `drop` keeps only examples that fit (each ends with its trained EOS);
+    `truncate` keeps every example, cut to model.max_length (the cut ones end without EOS)."""
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, "model.max_length=80", f"train.overlong={mode}")
+    cfg, paths = stage_paths(overrides)
+    write_prepared(paths)
+    from prodesc import family, models
+
+    _, data = train.load_prepared(cfg, paths)
+    model, tok, _ = models.load_for_training(cfg, str(tiny_model_dir), "hf")
+    lengths = [family.CAUSAL.example_length(ex, tok) for ex in data["train"]]
+    assert min(lengths) <= 80 < max(lengths), lengths  # the synthetic rows straddle max_length
+    kept, dropped = train.drop_overlong(data, tok, 80, family.CAUSAL, mode)
+    fits = sum(n <= 80 for n in lengths)
+    assert (len(kept["train"]), dropped["train"]) == (
+        (fits, len(lengths) - fits) if mode == "drop" else (len(lengths), 0))
+    dirs = checkpoints.checkpoint_dirs(cfg, paths)
+    trainer = train.build_trainer(cfg, paths, dirs, train.training_args(cfg, paths, dirs, "hf"), model, tok, kept)
+    rows = list(trainer.train_dataset)
+    assert len(rows) == len(kept["train"]) and max(len(r["input_ids"]) for r in rows) <= 80
+    ends_with_eos = [tok.eos_token_id in r["input_ids"][-2:] for r in rows]
+    # ChatML ends "<|im_end|>\n": an example one token too long loses only the newline
+    assert all(ends_with_eos) if mode == "drop" else ends_with_eos.count(False) == sum(n > 81 for n in lengths) > 0
+    with pytest.raises(UserError, match="train.overlong=truncate is for decoder-only models"):
+        train.drop_overlong(data, tok, 80, family.SEQ2SEQ, "truncate")
+
+
 def test_neftune_noise_reaches_training_only(tiny_model_dir, tmp_path):
     """train.neftune_noise_alpha noises the input embeddings while training (the adapter differs
     from a noiseless run with the same seed) and the noise hook is gone afterwards (generation)."""
