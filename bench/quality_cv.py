@@ -13,7 +13,10 @@ in several seeds' test splits: each time it is scored by a different model) and 
   (rows resampled; BLEU and chrF recomputed as corpus scores on each resample);
 - how many seeds the fine-tuned model wins on each metric.
 
-Writes <root>/quality_cv/<preset>.json (atomically) and prints a table. Each seed takes about as
+With --split validation the same is done on each seed's validation split: compare recipes
+there (one --name per recipe), then score the chosen one on the test splits.
+
+Writes <root>/quality_cv/<name>-<split>.json (atomically) and prints a table. Each seed takes about as
 long as the preset's 02 + 03 (cpu-quality: ~7 min on 2 cores). A finished seed is not redone
 (02 and 03 skip what is complete), so an interrupted run resumes. Extra key=value arguments go to
 every stage (e.g. eval.repetition_penalty=1.1).
@@ -41,17 +44,19 @@ SCORES = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
 
 def run_seed(args: argparse.Namespace, seed: int) -> Path:
     """Run 01-03 for one seed; return its side_by_side.csv."""
-    run = f"{args.preset}-cv-s{seed}"
+    run = f"{args.name}-cv-s{seed}"
     common = ["--preset", args.preset, "--root", str(args.root), f"data.source={args.source}",
               f"seed={seed}", f"paths.run={run}", *args.overrides]
+    folder = "eval" if args.split == "test" else "eval_validation"
     for stage in STAGES:
         start = time.time()
-        out = subprocess.run([sys.executable, str(REPO / "src" / stage), *common],
+        extra = [f"eval.split={args.split}"] if stage.startswith("03") else []
+        out = subprocess.run([sys.executable, str(REPO / "src" / stage), *common, *extra],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if out.returncode != 0:
             sys.exit(f"seed {seed}: {stage} failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
         print(f"  seed {seed}: {stage} {time.time() - start:.0f} s", flush=True)
-    return args.root / "runs" / run / "eval" / "side_by_side.csv"
+    return args.root / "runs" / run / folder / "side_by_side.csv"
 
 
 def read_rows(csv_path: Path, seed: int) -> list[dict]:
@@ -114,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu-quality")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--root", type=Path, default=REPO / "artifacts")
+    parser.add_argument("--name", default="", help="run name prefix (default: the preset): one per recipe")
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="score each seed's test split, or its validation split (to choose a recipe)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every stage")
     args = parser.parse_args(argv)
     args.source = str(Path(args.source).resolve())
+    args.name = args.name or args.preset
 
     rows: list[dict] = []
     header = "                 ROUGE-1 ROUGE-2 ROUGE-L  BLEU   chrF  words  echo"
@@ -142,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{k} {lo:+.3f}..{hi:+.3f}" for k, (lo, hi) in intervals.items()),
               f"seeds where tuned > base (of {len(args.seeds)}): " + ", ".join(f"{k} {v}" for k, v in wins.items())]
     print("\n".join(lines[-5:]))
-    report = {"preset": args.preset, "source": args.source, "seeds": args.seeds, "overrides": args.overrides,
+    report = {"preset": args.preset, "name": args.name, "split": args.split, "source": args.source, "seeds": args.seeds, "overrides": args.overrides,
               "per_seed": per_seed, "pooled": pooled, "rows": len(rows), "bootstrap_95": intervals,
               "seed_wins": wins, "table": lines}
-    out = args.root / "quality_cv" / f"{args.preset}.json"
+    out = args.root / "quality_cv" / f"{args.name}-{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(report, indent=2))
     print(f"written: {out}")

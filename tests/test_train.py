@@ -234,7 +234,8 @@ def test_half_written_newest_checkpoint_is_skipped_with_a_warning(finished_run, 
 
 @pytest.mark.parametrize("change", [
     "train.learning_rate=0.002", "train.max_steps=20", "train.batch_size=2", "train.grad_accum=3",
-    "train.lr_scheduler=linear", "train.warmup=0.1", "lora.r=8", "train.epochs=2",
+    "train.lr_scheduler=linear", "train.warmup=0.1", "lora.r=8", "train.epochs=2", "model.max_length=64",
+    "train.overlong=truncate", "train.neftune_noise_alpha=5",
 ])
 def test_resume_refuses_a_changed_schedule(finished_run, tmp_path, change):
     overrides, paths = finished_run

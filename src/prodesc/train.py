@@ -43,6 +43,7 @@ RESUME_LOCKED_KEYS = (
     "model.family",
     "model.load_in_4bit",
     "model.load_in_8bit",
+    "model.max_length",
     "lora.r",
     "lora.alpha",
     "lora.dropout",
@@ -54,9 +55,11 @@ RESUME_LOCKED_KEYS = (
     "train.learning_rate",
     "train.lr_scheduler",
     "train.warmup",
+    "train.overlong",
+    "train.neftune_noise_alpha",
 )
-"""Keys that may not change between a checkpoint and its resume: they change the model, the data
-order or the learning-rate schedule, so the resumed run would not continue the same training."""
+"""Keys that may not change between a checkpoint and its resume: they change the model, the
+training examples, the data order or the learning-rate schedule, so the resumed run would not continue the same training."""
 
 # Batching: group_by_length (pad each batch to its longest row) or packing=True (TRL's bfd packing,
 # padding-free). Measured 2026-11-22 on the 2-core build machine (other jobs running beside it),
