@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         pooled[model], per_row[model] = scores(rows, model)
     intervals = bootstrap(rows, per_row, args.bootstrap, seed=0)
     wins = {k: sum(per_seed[s]["tuned"][k] > per_seed[s]["base"][k] for s in args.seeds) for k in SCORES}
-    lines += [f"pooled ({len(rows)} rows, {len({r['uid'] for r in rows})} distinct)",
+    lines += [f"pooled ({len(rows)} rows, {len({(r['title'], r['reference']) for r in rows})} distinct)",
               f"         base  {fmt(pooled['base'])}", f"         tuned {fmt(pooled['tuned'])}",
               "tuned - base, paired bootstrap 95%: " + ", ".join(
                   f"{k} {lo:+.3f}..{hi:+.3f}" for k, (lo, hi) in intervals.items()),
