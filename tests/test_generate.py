@@ -83,6 +83,7 @@ def test_every_knob_reaches_generate(tiny):
     wrapped = CountingModel(model)
     s = GenSettings(
         max_new_tokens=3,
+        min_new_tokens=2,
         do_sample=True,
         temperature=0.5,
         top_p=0.8,
@@ -96,6 +97,7 @@ def test_every_knob_reaches_generate(tiny):
     kw = wrapped.kwargs[0]
     for key, value in [
         ("max_new_tokens", 3),
+        ("min_new_tokens", 2),
         ("do_sample", True),
         ("temperature", 0.5),
         ("top_p", 0.8),
@@ -108,6 +110,46 @@ def test_every_knob_reaches_generate(tiny):
     assert kw["pad_token_id"] == tok.pad_token_id and tok.eos_token_id in kw["eos_token_id"]
     greedy = generate_kwargs(GenSettings(), tok, model)
     assert greedy["do_sample"] is False and greedy["temperature"] is None
+    assert "min_new_tokens" not in greedy  # 0 = off: the generation config's own value stands
+
+
+def test_min_new_tokens_keeps_a_model_that_stops_at_once_going(tiny_model_dir):
+    """A tiny model whose output layer always prefers the end token stops at its first token;
+    min_new_tokens blocks the end token, so every row gets exactly that many tokens, then ends."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.get_output_embeddings().weight)
+        head.bias.zero_()
+        head.bias[tok.eos_token_id] = 100.0
+    model.lm_head = head
+    wrapped = CountingModel(model)
+    calls = []
+
+    def recording(**kw):
+        out = model.generate(**kw)
+        calls.append(out[:, kw["input_ids"].shape[1]:].tolist())
+        return out
+
+    wrapped.generate = recording
+    stops = describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12), progress=False)
+    assert stops == [""] * len(TITLES) and calls[-1] == [[tok.eos_token_id]] * len(TITLES)
+    describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, min_new_tokens=6), progress=False)
+    for row in calls[-1]:
+        assert len(row) == 7 and tok.eos_token_id not in row[:6] and row[6] == tok.eos_token_id, row
+
+
+def test_min_new_tokens_is_checked_against_max_new_tokens():
+    from prodesc.config import ConfigError
+
+    for bad in (-1, 160, 500):
+        with pytest.raises(ConfigError, match="eval.min_new_tokens"):
+            EvalConfig(max_new_tokens=160, min_new_tokens=bad)
+    assert EvalConfig(max_new_tokens=160, min_new_tokens=159).min_new_tokens == 159
 
 
 def test_left_padding_and_chat_prompt(tiny):
@@ -187,6 +229,7 @@ def test_changed_setting_starts_a_new_cache_and_old_one_comes_back(tmp_path):
     k2 = cache_key({"name": "m"}, GenSettings(max_new_tokens=6), t)
     assert k1 != k2
     assert k1 == cache_key({"name": "m"}, GenSettings(max_new_tokens=5, batch_size=99), t)
+    assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5, min_new_tokens=2), t)
     assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5), BUILTIN["descfmt"])
     c1 = GenerationCache(tmp_path, "m", k1)
     c1.add([{"row": 0, "uid": "U0", "title": "a", "output": "one", "raw": "one"}])

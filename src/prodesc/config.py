@@ -231,6 +231,9 @@ class EvalConfig:
     """Prompts generated together (left padding)."""
     max_new_tokens: int = 160
     """Longest generated description, in tokens."""
+    min_new_tokens: int = 0
+    """Shortest generated description, in tokens: the end token is blocked until then (0 = off).
+    For a model that stops too early; below eval.max_new_tokens."""
     num_beams: int = 1
     """Beam search width (1 = greedy or sampling)."""
     do_sample: bool = False
@@ -259,6 +262,8 @@ class EvalConfig:
                    f"names '{run}', which is not a run name (a folder under <root>/runs/)")
         _check(self.batch_size > 0, "eval.batch_size", "must be > 0")
         _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
+        _check(0 <= self.min_new_tokens < self.max_new_tokens, "eval.min_new_tokens",
+               f"must be >= 0 and below eval.max_new_tokens ({self.max_new_tokens})")
         _check(self.num_beams > 0, "eval.num_beams", "must be > 0")
         _check(self.temperature > 0, "eval.temperature", "must be > 0")
         _check(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")

@@ -41,6 +41,7 @@ class GenSettings:
     """Decoding settings (``eval.*``); ``batch_size`` changes speed only, so it is not in the key."""
 
     max_new_tokens: int = EvalConfig.max_new_tokens  # defaults: the eval.* defaults, one source
+    min_new_tokens: int = EvalConfig.min_new_tokens
     num_beams: int = EvalConfig.num_beams
     do_sample: bool = EvalConfig.do_sample
     temperature: float = EvalConfig.temperature
@@ -59,6 +60,8 @@ class GenSettings:
         """What changes the output (the cache key): everything but the batch size."""
         out = dataclasses.asdict(self)
         out.pop("batch_size")
+        if not self.min_new_tokens:  # off: the key of caches written before the knob existed
+            out.pop("min_new_tokens")
         return out
 
 
@@ -73,6 +76,8 @@ def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) ->
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": eos_ids(tokenizer, model),
     }
+    if settings.min_new_tokens:
+        kwargs["min_new_tokens"] = settings.min_new_tokens
     if settings.do_sample:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:  # neutralise sampling defaults a generation_config may carry (avoids warnings)
