@@ -84,7 +84,7 @@ def test_every_knob_reaches_generate(tiny):
     s = GenSettings(
         max_new_tokens=3,
         min_new_tokens=2,
-        end_token_bias=-1.5,
+        eos_bias=-1.5,
         do_sample=True,
         temperature=0.5,
         top_p=0.8,
@@ -118,7 +118,7 @@ def test_every_knob_reaches_generate(tiny):
 def test_length_knobs_on_a_model_that_stops_at_once(tiny_model_dir):
     """A tiny model whose output layer always prefers the end token (+100) stops at its first
     token; min_new_tokens blocks the end token, so every row gets exactly that many tokens, then
-    ends; end_token_bias shifts the end token's logit."""
+    ends; eos_bias shifts the end token's logit."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,10 +144,10 @@ def test_length_knobs_on_a_model_that_stops_at_once(tiny_model_dir):
     describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, min_new_tokens=6), progress=False)
     for row in calls[-1]:
         assert len(row) == 7 and tok.eos_token_id not in row[:6] and row[6] == tok.eos_token_id, row
-    describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, end_token_bias=-200.0),
+    describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, eos_bias=-200.0),
              progress=False)  # outweighs the head's +100: the text never ends
     assert all(len(row) == 12 and tok.eos_token_id not in row for row in calls[-1]), calls[-1]
-    describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, end_token_bias=-50.0),
+    describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, eos_bias=-50.0),
              progress=False)  # a smaller push: the end stays the likeliest token
     assert calls[-1] == [[tok.eos_token_id]] * len(TITLES)
 
@@ -158,8 +158,8 @@ def test_length_knobs_are_checked():
     for bad in (-1, 160, 500):
         with pytest.raises(ConfigError, match="eval.min_new_tokens"):
             EvalConfig(max_new_tokens=160, min_new_tokens=bad)
-    with pytest.raises(ConfigError, match="eval.end_token_bias"):
-        EvalConfig(end_token_bias=float("-inf"))
+    with pytest.raises(ConfigError, match="eval.eos_bias"):
+        EvalConfig(eos_bias=float("-inf"))
     assert EvalConfig(max_new_tokens=160, min_new_tokens=159).min_new_tokens == 159
 
 
@@ -241,7 +241,7 @@ def test_changed_setting_starts_a_new_cache_and_old_one_comes_back(tmp_path):
     assert k1 != k2
     assert k1 == cache_key({"name": "m"}, GenSettings(max_new_tokens=5, batch_size=99), t)
     assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5, min_new_tokens=2), t)
-    assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5, end_token_bias=-1.0), t)
+    assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5, eos_bias=-1.0), t)
     assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5), BUILTIN["descfmt"])
     c1 = GenerationCache(tmp_path, "m", k1)
     c1.add([{"row": 0, "uid": "U0", "title": "a", "output": "one", "raw": "one"}])

@@ -235,7 +235,7 @@ class EvalConfig:
     min_new_tokens: int = 0
     """Shortest generated description, in tokens: the end token is blocked until then (0 = off).
     For a model that stops too early; below eval.max_new_tokens."""
-    end_token_bias: float = 0.0
+    eos_bias: float = 0.0
     """Added to the end token's logit at every step (0 = off): negative makes outputs longer,
     positive shorter. Unlike eval.min_new_tokens, a confident end still ends the text."""
     num_beams: int = 1
@@ -268,7 +268,7 @@ class EvalConfig:
         _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
         _check(0 <= self.min_new_tokens < self.max_new_tokens, "eval.min_new_tokens",
                f"must be >= 0 and below eval.max_new_tokens ({self.max_new_tokens})")
-        _check(math.isfinite(self.end_token_bias), "eval.end_token_bias", "must be a finite number")
+        _check(math.isfinite(self.eos_bias), "eval.eos_bias", "must be a finite number")
         _check(self.num_beams > 0, "eval.num_beams", "must be > 0")
         _check(self.temperature > 0, "eval.temperature", "must be > 0")
         _check(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")

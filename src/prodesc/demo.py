@@ -10,7 +10,7 @@ The fine-tuned model is runs/<run>/merged_fp16/ when 03_merge_fp16.py has writte
 older than the adapter), else the base model + the LoRA adapter of 02_sft_qlora.py. For each title
 the fine-tuned description is streamed as it is generated, then both descriptions are shown side by
 side (one after the other in a narrow terminal). Decoding: eval.max_new_tokens,
-eval.min_new_tokens, eval.end_token_bias, eval.num_beams, eval.do_sample, eval.temperature,
+eval.min_new_tokens, eval.eos_bias, eval.num_beams, eval.do_sample, eval.temperature,
 eval.top_p, eval.top_k, eval.repetition_penalty, eval.no_repeat_ngram_size; `seed` is set before
 every generation, so it fixes sampling.
 

@@ -42,7 +42,7 @@ class GenSettings:
 
     max_new_tokens: int = EvalConfig.max_new_tokens  # defaults: the eval.* defaults, one source
     min_new_tokens: int = EvalConfig.min_new_tokens
-    end_token_bias: float = EvalConfig.end_token_bias
+    eos_bias: float = EvalConfig.eos_bias
     num_beams: int = EvalConfig.num_beams
     do_sample: bool = EvalConfig.do_sample
     temperature: float = EvalConfig.temperature
@@ -61,7 +61,7 @@ class GenSettings:
         """What changes the output (the cache key): everything but the batch size."""
         out = dataclasses.asdict(self)
         out.pop("batch_size")
-        for knob in ("min_new_tokens", "end_token_bias"):
+        for knob in ("min_new_tokens", "eos_bias"):
             if not out[knob]:  # off: the key of caches written before the knob existed
                 out.pop(knob)
         return out
@@ -80,8 +80,8 @@ def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) ->
     }
     if settings.min_new_tokens:
         kwargs["min_new_tokens"] = settings.min_new_tokens
-    if settings.end_token_bias:
-        kwargs["sequence_bias"] = {(i,): settings.end_token_bias for i in kwargs["eos_token_id"]}
+    if settings.eos_bias:
+        kwargs["sequence_bias"] = {(i,): settings.eos_bias for i in kwargs["eos_token_id"]}
     if settings.do_sample:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:  # neutralise sampling defaults a generation_config may carry (avoids warnings)

@@ -42,7 +42,7 @@ class Knob:
 KNOBS = (
     Knob("max_new_tokens", "max new tokens", 8, 512, 8),
     Knob("min_new_tokens", "min new tokens (0 = off)", 0, 256, 8),
-    Knob("end_token_bias", "end-token bias (< 0 = longer)", -10.0, 10.0, 0.5),
+    Knob("eos_bias", "end-token bias (< 0 = longer)", -10.0, 10.0, 0.5),
     Knob("num_beams", "beams (1 = no beam search)", 1, 8, 1),
     Knob("do_sample", "sample (off = greedy or beam search)"),
     Knob("temperature", "temperature (sampling)", 0.05, 2.0, 0.05),
