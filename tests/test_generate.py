@@ -42,12 +42,14 @@ def tiny(tiny_model_dir, tmp_path_factory):
 
 
 class CountingModel:
-    """Wraps a model; counts generate calls and rows, and can fail on a given call."""
+    """Wraps a model; counts generate calls and rows, keeps each call's kwargs and new token ids,
+    and can fail on a given call."""
 
     def __init__(self, model, fail_on_call: int | None = None):
         self.model, self.fail_on_call = model, fail_on_call
         self.calls = self.rows = 0
         self.kwargs: list[dict] = []
+        self.new_ids: list[list[list[int]]] = []
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -58,7 +60,9 @@ class CountingModel:
             raise KeyboardInterrupt
         self.rows += kw["input_ids"].shape[0]
         self.kwargs.append(kw)
-        return self.model.generate(**kw)
+        out = self.model.generate(**kw)
+        self.new_ids.append(out[:, kw["input_ids"].shape[1]:].tolist())
+        return out
 
 
 def test_settings_come_from_eval_config():
@@ -112,7 +116,7 @@ def test_every_knob_reaches_generate(tiny):
     assert kw["sequence_bias"] == {(i,): -1.5 for i in kw["eos_token_id"]}
     greedy = generate_kwargs(GenSettings(), tok, model)
     assert greedy["do_sample"] is False and greedy["temperature"] is None
-    assert "min_new_tokens" not in greedy and "sequence_bias" not in greedy  # off: the generation config's stand
+    assert "min_new_tokens" not in greedy and "sequence_bias" not in greedy  # off: left to the model
 
 
 def test_length_knobs_on_a_model_that_stops_at_once(tiny_model_dir):
@@ -131,14 +135,7 @@ def test_length_knobs_on_a_model_that_stops_at_once(tiny_model_dir):
         head.bias[tok.eos_token_id] = 100.0
     model.lm_head = head
     wrapped = CountingModel(model)
-    calls = []
-
-    def recording(**kw):
-        out = model.generate(**kw)
-        calls.append(out[:, kw["input_ids"].shape[1]:].tolist())
-        return out
-
-    wrapped.generate = recording
+    calls = wrapped.new_ids
     stops = describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12), progress=False)
     assert stops == [""] * len(TITLES) and calls[-1] == [[tok.eos_token_id]] * len(TITLES)
     describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, min_new_tokens=6), progress=False)
