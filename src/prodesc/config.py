@@ -184,11 +184,13 @@ class TrainConfig:
     """Warmup: a fraction of the steps (< 1) or a number of steps (>= 1)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    overlong: Literal["drop", "truncate"] = "drop"
+    overlong: Literal["drop", "truncate", "sentence"] = "drop"
     """A training example longer than model.max_length: `drop` it (every kept example ends with its
-    end token, so the model learns when to stop, but only from the shorter descriptions) or
+    end token, so the model learns when to stop, but only from the shorter descriptions),
     `truncate` it (decoder-only models: long descriptions are kept, cut at max_length without an end
-    token, which tells the model that a description may go on)."""
+    token, which tells the model that a description may go on) or cut it at the last `sentence`
+    end that fits (the long descriptions are kept and still end with the end token; one whose
+    first sentence does not fit is dropped)."""
     neftune_noise_alpha: float = 0.0
     """NEFTune: uniform noise of this scale added to the input embeddings while training (a
     regulariser for small instruction datasets, e.g. 5; 0 = off). Generation never adds noise."""
