@@ -82,6 +82,15 @@ def test_settings_come_from_eval_config():
     assert "batch_size" not in s.decoding()
 
 
+def test_length_knobs_leave_old_cache_keys_alone():
+    """min_new_tokens and eos_bias joined the settings later: while they are off, the key holds
+    exactly the settings it held before, so generations cached then are still reused."""
+    before = {"max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k",
+              "repetition_penalty", "no_repeat_ngram_size"}
+    assert set(GenSettings().decoding()) == before
+    assert set(GenSettings(min_new_tokens=4, eos_bias=-1.0).decoding()) == before | {"min_new_tokens", "eos_bias"}
+
+
 def test_every_knob_reaches_generate(tiny):
     model, tok = tiny
     wrapped = CountingModel(model)
