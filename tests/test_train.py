@@ -169,8 +169,7 @@ def test_overlong_examples_cut_at_a_sentence_end(tiny_model_dir, kind):
         cuts.add(n)
     assert len(cuts) > 3
     # the seq2seq family measures prompt and completion separately, and is cut the same way
-    s2s, _ = train.drop_overlong({"train": data["train"], "validation": data["validation"]}, tok, limit,
-                                 family.SEQ2SEQ, "sentence")
+    s2s, _ = train.drop_overlong(data, tok, limit, family.SEQ2SEQ, "sentence")
     assert len(s2s["train"]) == 2 and all(family.SEQ2SEQ.example_length(ex, tok) <= limit for ex in s2s["train"])
 
 
