@@ -137,7 +137,8 @@ def test_overlong_examples_cut_at_a_sentence_end(tiny_model_dir, kind):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     sentences = [f"This {w} bottle keeps drinks cold for {n} hours!" if n % 3 == 0 else
-                 f"The \"{w}\" lid (model {n}) is leak proof." for n, w in enumerate(["steel", "glass", "blue"] * 6)]
+                 f"The \"{w}\" lid (model {n}) is leak proof."
+                 for n, w in enumerate(["steel", "glass", "blue"] * 6)]
     long_text, short_text = " ".join(sentences), sentences[0]
     run_on = "word " * 200 + "end."  # no sentence end before the limit
 
@@ -170,7 +171,8 @@ def test_overlong_examples_cut_at_a_sentence_end(tiny_model_dir, kind):
     assert len(cuts) > 3
     # the seq2seq family measures prompt and completion separately, and is cut the same way
     s2s, _ = train.drop_overlong(data, tok, limit, family.SEQ2SEQ, "sentence")
-    assert len(s2s["train"]) == 2 and all(family.SEQ2SEQ.example_length(ex, tok) <= limit for ex in s2s["train"])
+    assert len(s2s["train"]) == 2
+    assert all(family.SEQ2SEQ.example_length(ex, tok) <= limit for ex in s2s["train"])
 
 
 def test_neftune_noise_reaches_training_only(tiny_model_dir, tmp_path):

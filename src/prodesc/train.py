@@ -189,7 +189,8 @@ def drop_overlong(
     kept, dropped = {}, {}
     for split, ds in data.items():
         if mode == "sentence":
-            cut = ds.map(lambda ex: cut_at_sentence(ex, tokenizer, max_length, fam), desc=f"sentence cut ({split})")
+            cut = ds.map(lambda ex: cut_at_sentence(ex, tokenizer, max_length, fam),
+                         desc=f"sentence cut ({split})")
             n_cut = sum(a != b for a, b in zip(ds["completion"], cut["completion"]))
             if n_cut:
                 log(f"{split}: cut {n_cut} of {len(ds)} examples longer than model.max_length={max_length} "
@@ -212,7 +213,9 @@ SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
 """The end of a sentence: . ! or ? (and any closing quotes or brackets), then a space or the end."""
 
 
-def cut_at_sentence(example: dict[str, Any], tokenizer: Any, max_length: int, fam: family.Family) -> dict[str, Any]:
+def cut_at_sentence(
+    example: dict[str, Any], tokenizer: Any, max_length: int, fam: family.Family
+) -> dict[str, Any]:
     """``example`` with its completion cut after the last sentence end at which the example fits
     ``max_length`` tokens (EOS included); unchanged if it already fits or no sentence end fits (the
     length check then drops it). Binary search over the sentence ends: a longer prefix never
