@@ -14,6 +14,7 @@ from prodesc.generate import (
     cache_key,
     cached_describe,
     describe,
+    OutputRepetitionPenalty,
     generate_kwargs,
     render_prompts,
 )
@@ -157,6 +158,59 @@ def test_length_knobs_on_a_model_that_stops_at_once(tiny_model_dir):
     describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, eos_bias=-50.0),
              progress=False)  # a smaller push: the end stays the likeliest token
     assert calls[-1] == [[tok.eos_token_id]] * len(TITLES)
+
+
+def test_output_scope_penalty_uses_the_built_in_arithmetic():
+    """OutputRepetitionPenalty counting the whole sequence equals transformers' own processor;
+    counting from the prompt's end, a token seen only in the prompt is left alone unless kept."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (3, 9), generator=gen)
+    scores = torch.randn(3, 50, generator=gen) * 4
+    want = RepetitionPenaltyLogitsProcessor(1.3)(ids, scores.clone())
+    assert torch.equal(OutputRepetitionPenalty(1.3, 0, [])(ids, scores.clone()), want)
+    penalised = torch.where(scores < 0, scores * 1.3, scores / 1.3)
+    got = OutputRepetitionPenalty(1.3, 6, [int(ids[0, 0])])(ids, scores.clone())
+    for row in range(3):
+        for token in range(50):
+            counted = token in ids[row, 6:].tolist() or token == int(ids[0, 0])
+            assert got[row, token] == (penalised if counted else scores)[row, token], (row, token)
+    prompt_only = OutputRepetitionPenalty(1.3, 9, [])  # nothing generated yet: nothing counted
+    assert torch.equal(prompt_only(ids, scores.clone()), scores)
+
+
+def test_repetition_scope_decides_whether_the_title_counts(tiny_model_dir):
+    """A tiny model whose logits are fixed: a title token T 10, another token O 8, the end token
+    9.5, with repetition_penalty 1.5. `all` counts T (in the prompt) from the start: 10 / 1.5 < 8,
+    so it writes O first. `output` writes T first, then O. The end token is in the chat prompt and
+    stays counted under both (9.5 / 1.5 < 8), so neither stops early."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    title = TITLES[0]
+    prompt_ids = set(tok(render_prompts(tok, BUILTIN["chat"], [title])[0])["input_ids"])
+    title_token = next(i for i in tok(" " + title)["input_ids"] if i in prompt_ids)
+    assert tok.eos_token_id in prompt_ids
+    other = next(i for i in range(100, tok.vocab_size) if i not in prompt_ids)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-5.0)
+        head.bias[title_token], head.bias[other], head.bias[tok.eos_token_id] = 10.0, 8.0, 9.5
+    model.lm_head = head
+    wrapped = CountingModel(model)
+    for scope, first in (("all", [other, title_token]), ("output", [title_token, other])):
+        s = GenSettings(max_new_tokens=4, repetition_penalty=1.5, repetition_scope=scope)
+        describe(wrapped, tok, BUILTIN["chat"], [title], s, progress=False)
+        assert wrapped.new_ids[-1][0][:2] == first, scope
+        assert tok.eos_token_id not in wrapped.new_ids[-1][0][:2], scope
+    assert wrapped.kwargs[-1]["repetition_penalty"] == 1.0  # replaced, not applied twice
+    assert "repetition_scope" in GenSettings(repetition_scope="output").decoding()
+    assert "repetition_scope" not in GenSettings().decoding()  # default: old cache keys hold
 
 
 def test_length_knobs_are_checked():

@@ -252,6 +252,12 @@ class EvalConfig:
     """Top-k sampling cutoff (with do_sample)."""
     repetition_penalty: float = 1.0
     """Penalty > 1 discourages repeating tokens."""
+    repetition_scope: Literal["all", "output"] = "all"
+    """What eval.repetition_penalty counts as already written. `all`: the prompt (system message,
+    template words and title) and the output, as transformers does, which also discourages echoing
+    the title. `output`: only the generated text; the prompt's end tokens stay penalised as under
+    `all`, so the length is not changed by this choice. Decoder-only models; an encoder-decoder
+    model never penalises its prompt."""
     no_repeat_ngram_size: int = 0
     """Forbid repeating any n-gram of this size (0 = off)."""
     checkpoints: list[str] = field(default_factory=list)

@@ -49,6 +49,7 @@ class GenSettings:
     top_p: float = EvalConfig.top_p
     top_k: int = EvalConfig.top_k
     repetition_penalty: float = EvalConfig.repetition_penalty
+    repetition_scope: str = EvalConfig.repetition_scope
     no_repeat_ngram_size: int = EvalConfig.no_repeat_ngram_size
     batch_size: int = EvalConfig.batch_size
 
@@ -64,6 +65,8 @@ class GenSettings:
         for knob in ("min_new_tokens", "eos_bias"):
             if not out[knob]:  # off: the key of caches written before the knob existed
                 out.pop(knob)
+        if out["repetition_scope"] == EvalConfig.repetition_scope:  # likewise
+            out.pop("repetition_scope")
         return out
 
 
@@ -87,6 +90,46 @@ def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) ->
     else:  # neutralise sampling defaults a generation_config may carry (avoids warnings)
         kwargs.update(temperature=None, top_p=None, top_k=None)
     return kwargs
+
+
+class OutputRepetitionPenalty:
+    """``repetition_penalty`` over the generated tokens only, plus ``keep`` (the end tokens the
+    prompt holds, which the built-in penalty would have counted): ``eval.repetition_scope=output``.
+    The same arithmetic as transformers' own: a positive logit is divided by the penalty, a
+    negative one multiplied, once per distinct token."""
+
+    def __init__(self, penalty: float, prompt_length: int, keep: Sequence[int]) -> None:
+        self.penalty = penalty
+        self.prompt_length = prompt_length
+        self.keep = list(keep)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        seen = input_ids[:, self.prompt_length :]
+        if self.keep:
+            kept = torch.tensor(self.keep, device=seen.device, dtype=seen.dtype).expand(len(seen), -1)
+            seen = torch.cat([seen, kept], dim=1)
+        if seen.shape[1] == 0:
+            return scores
+        picked = scores.gather(1, seen)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, seen, picked)
+
+
+def scoped_penalty(settings: GenSettings, fam: family.Family, enc: Any, end_ids: list[int]) -> dict[str, Any]:
+    """Extra ``generate`` arguments for one batch: with ``repetition_scope=output`` on a
+    decoder-only model, :class:`OutputRepetitionPenalty` replaces the built-in penalty (which
+    counts the prompt); nothing otherwise (an encoder-decoder model never counts its prompt)."""
+    if settings.repetition_scope == "all" or settings.repetition_penalty == 1.0 or fam is not family.CAUSAL:
+        return {}
+    from transformers import LogitsProcessorList
+
+    prompt = enc["input_ids"]
+    present = set(prompt[enc["attention_mask"].bool()].tolist())
+    keep = [i for i in end_ids if i in present]
+    penalty = OutputRepetitionPenalty(settings.repetition_penalty, prompt.shape[1], keep)
+    return {"repetition_penalty": 1.0, "logits_processor": LogitsProcessorList([penalty])}
 
 
 def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
@@ -172,8 +215,9 @@ def generate_raw(
                 padding=True,
                 add_special_tokens=add_special_tokens,
             ).to(device)
+            batch_kwargs = {**kwargs, **scoped_penalty(settings, fam, enc, kwargs["eos_token_id"])}
             with torch.inference_mode():
-                gen = model.generate(**enc, **kwargs)
+                gen = model.generate(**enc, **batch_kwargs)
             new = fam.new_tokens(gen, enc["input_ids"].shape[1])
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             for i, text in zip(idx, texts):
