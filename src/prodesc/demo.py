@@ -11,8 +11,8 @@ older than the adapter), else the base model + the LoRA adapter of 02_sft_qlora.
 the fine-tuned description is streamed as it is generated, then both descriptions are shown side by
 side (one after the other in a narrow terminal). Decoding: eval.max_new_tokens,
 eval.min_new_tokens, eval.eos_bias, eval.num_beams, eval.do_sample, eval.temperature,
-eval.top_p, eval.top_k, eval.repetition_penalty, eval.no_repeat_ngram_size; `seed` is set before
-every generation, so it fixes sampling.
+eval.top_p, eval.top_k, eval.repetition_penalty, eval.repetition_scope, eval.no_repeat_ngram_size;
+`seed` is set before every generation, so it fixes sampling.
 
     python src/04_quick_demo.py "Acme Stainless Water Bottle 500 ml" eval.do_sample=true seed=7
     python src/04_quick_demo.py --titles-file my_titles.txt --no-base
