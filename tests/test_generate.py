@@ -11,10 +11,10 @@ from prodesc.config import EvalConfig
 from prodesc.generate import (
     GenerationCache,
     GenSettings,
+    OutputRepetitionPenalty,
     cache_key,
     cached_describe,
     describe,
-    OutputRepetitionPenalty,
     generate_kwargs,
     render_prompts,
 )
