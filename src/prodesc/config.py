@@ -245,11 +245,11 @@ class EvalConfig:
     do_sample: bool = False
     """Sample instead of greedy/beam decoding."""
     temperature: float = 1.0
-    """Sampling temperature (with do_sample)."""
+    """Sampling temperature (with eval.do_sample or eval.mbr_samples)."""
     top_p: float = 1.0
-    """Nucleus sampling mass (with do_sample)."""
+    """Nucleus sampling mass (with eval.do_sample or eval.mbr_samples)."""
     top_k: int = 50
-    """Top-k sampling cutoff (with do_sample)."""
+    """Top-k sampling cutoff (with eval.do_sample or eval.mbr_samples; 0 = off)."""
     repetition_penalty: float = 1.0
     """Penalty > 1 discourages repeating tokens."""
     repetition_scope: Literal["all", "output"] = "all"
@@ -260,6 +260,14 @@ class EvalConfig:
     model never penalises its prompt."""
     no_repeat_ngram_size: int = 0
     """Forbid repeating any n-gram of this size (0 = off)."""
+    mbr_samples: int = 0
+    """Minimum Bayes risk decoding (0 = off): sample this many candidates per title (with
+    eval.temperature/top_p/top_k and the run's seed, whatever eval.do_sample says) and keep the one
+    that agrees most with the others by eval.mbr_metric. Generation costs about this many times
+    more; eval.batch_size counts the candidates, so memory stays the same."""
+    mbr_metric: Literal["rougeL", "chrf", "rougeL+chrf"] = "rougeL"
+    """How eval.mbr_samples measures agreement between two candidates: ROUGE-L F-measure,
+    sentence chrF, or the two added (chrF scaled to 0-1)."""
     checkpoints: list[str] = field(default_factory=list)
     """Extra checkpoints of the run to compare (folder names under checkpoints/, e.g. checkpoint-100)."""
     compare_runs: list[str] = field(default_factory=list)
@@ -283,6 +291,10 @@ class EvalConfig:
         _check(self.top_k >= 0, "eval.top_k", "must be >= 0")
         _check(self.repetition_penalty > 0, "eval.repetition_penalty", "must be > 0")
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
+        _check(self.mbr_samples == 0 or self.mbr_samples >= 2, "eval.mbr_samples",
+               "must be 0 (off) or at least 2 (candidates to choose from)")
+        _check(not self.mbr_samples or self.num_beams == 1, "eval.mbr_samples",
+               "needs eval.num_beams=1: the candidates are sampled, not beam-searched")
 
 
 @dataclass

@@ -11,8 +11,8 @@ older than the adapter), else the base model + the LoRA adapter of 02_sft_qlora.
 the fine-tuned description is streamed as it is generated, then both descriptions are shown side by
 side (one after the other in a narrow terminal). Decoding: eval.max_new_tokens,
 eval.min_new_tokens, eval.eos_bias, eval.num_beams, eval.do_sample, eval.temperature,
-eval.top_p, eval.top_k, eval.repetition_penalty, eval.repetition_scope, eval.no_repeat_ngram_size;
-`seed` is set before every generation, so it fixes sampling.
+eval.top_p, eval.top_k, eval.repetition_penalty, eval.repetition_scope, eval.no_repeat_ngram_size,
+eval.mbr_samples, eval.mbr_metric; `seed` is set before every generation, so it fixes sampling.
 
     python src/04_quick_demo.py "Acme Stainless Water Bottle 500 ml" eval.do_sample=true seed=7
     python src/04_quick_demo.py --titles-file my_titles.txt --no-base
@@ -173,15 +173,16 @@ class Demo:
             self.tuned = merge.with_adapter(merge.load_model(base_path, cfg), paths.adapter)
             if with_base:  # the same weights with the adapter switched off
                 self.base = self.tuned
-        self.stream = settings.num_beams == 1
+        self.stream = settings.streams
         if not self.stream:
-            log("eval.num_beams > 1: the output is shown when complete (beam search cannot stream)")
+            log("eval.num_beams > 1 or eval.mbr_samples: the output is shown when complete "
+                "(beam search and candidates to choose from cannot stream)")
 
     def generate(self, title: str, base: bool, settings: Any = None, seed: int | None = None,
                  streamer: Any = "terminal") -> str:
         """One description of ``title`` by the base or the fine-tuned model; ``settings`` and
         ``seed`` default to the config's. ``streamer``: "terminal" prints the fine-tuned tokens as
-        they come (greedy or sampling only), None prints nothing, or a transformers streamer."""
+        they come (greedy or sampling, one candidate), None prints nothing, or a transformers streamer."""
         from transformers import TextStreamer, set_seed
 
         from prodesc.generate import describe
@@ -191,7 +192,7 @@ class Demo:
         off = model.disable_adapter() if base and self.source == "adapter" else nullcontext()
         if streamer == "terminal":
             streamer = None
-            if not base and settings.num_beams == 1:
+            if not base and settings.streams:
                 streamer = TextStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         set_seed(self.seed if seed is None else seed)
         with off:

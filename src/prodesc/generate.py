@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prodesc import family
+from prodesc import family, metrics
 from prodesc.config import EvalConfig
 from prodesc.errors import UserError
 from prodesc.models import prepare_tokenizer
@@ -51,6 +51,8 @@ class GenSettings:
     repetition_penalty: float = EvalConfig.repetition_penalty
     repetition_scope: str = EvalConfig.repetition_scope
     no_repeat_ngram_size: int = EvalConfig.no_repeat_ngram_size
+    mbr_samples: int = EvalConfig.mbr_samples
+    mbr_metric: str = EvalConfig.mbr_metric
     batch_size: int = EvalConfig.batch_size
 
     @classmethod
@@ -67,7 +69,25 @@ class GenSettings:
                 out.pop(knob)
         if out["repetition_scope"] == EvalConfig.repetition_scope:  # likewise
             out.pop("repetition_scope")
+        if not out["mbr_samples"]:  # likewise; the metric matters only with candidates
+            out.pop("mbr_samples")
+            out.pop("mbr_metric")
         return out
+
+    @property
+    def candidates(self) -> int:
+        """Sequences generated per prompt: eval.mbr_samples, or 1."""
+        return max(1, self.mbr_samples)
+
+    @property
+    def samples(self) -> bool:
+        """Whether decoding samples: eval.do_sample, or the candidates of eval.mbr_samples."""
+        return self.do_sample or self.candidates > 1
+
+    @property
+    def streams(self) -> bool:
+        """Whether tokens can be shown as they come: one sequence per prompt, no beam search."""
+        return self.num_beams == 1 and self.candidates == 1
 
 
 def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) -> dict[str, Any]:
@@ -75,17 +95,19 @@ def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) ->
     kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens,
         "num_beams": settings.num_beams,
-        "do_sample": settings.do_sample,
+        "do_sample": settings.samples,
         "repetition_penalty": settings.repetition_penalty,
         "no_repeat_ngram_size": settings.no_repeat_ngram_size,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": eos_ids(tokenizer, model),
     }
+    if settings.candidates > 1:
+        kwargs["num_return_sequences"] = settings.candidates
     if settings.min_new_tokens:
         kwargs["min_new_tokens"] = settings.min_new_tokens
     if settings.eos_bias:
         kwargs["sequence_bias"] = {(i,): settings.eos_bias for i in kwargs["eos_token_id"]}
-    if settings.do_sample:
+    if settings.samples:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:  # neutralise sampling defaults a generation_config may carry (avoids warnings)
         kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -180,6 +202,7 @@ def generate_raw(
     on_batch: Callable[[list[int], list[str]], None] | None = None,
     progress: bool = True,
     streamer: Any = None,
+    seed: int | None = None,
 ) -> list[str]:
     """Generate for every prompt in batches of ``settings.batch_size``; return the new text.
 
@@ -187,7 +210,12 @@ def generate_raw(
     longest batch runs first, so an out-of-memory shows up at once); results are returned in the
     order of ``prompts``. ``on_batch(indices, texts)`` is called after each batch (the cache).
     ``streamer`` (a transformers ``TextStreamer``, batches of one, no beam search) is passed to
-    ``model.generate`` to show the tokens as they come (the demo).
+    ``model.generate`` to show the tokens as they come (the demo). ``seed``: set once before the
+    first batch when sampling, so a whole run samples the same text again.
+
+    With ``eval.mbr_samples`` = N > 1 each prompt gets N sampled candidates and the text returned
+    is the one :func:`prodesc.metrics.mbr_choice` picks; a batch then holds
+    ``batch_size // N`` prompts (at least one), so it still holds about ``batch_size`` sequences.
     """
     if not prompts:
         return []
@@ -201,14 +229,21 @@ def generate_raw(
     ]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     kwargs = generate_kwargs(settings, tokenizer, model)
+    n = settings.candidates
     if streamer is not None:
+        if n > 1:
+            raise UserError("eval.mbr_samples cannot stream its candidates: show the output when complete")
         kwargs["streamer"] = streamer
+    if seed is not None and settings.samples:
+        from transformers import set_seed
+
+        set_seed(seed)
     out: list[str | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     model.eval()
     bar = tqdm(total=len(prompts), desc=desc, unit="row", disable=not progress)
     try:
-        for idx in _batches(order, settings.batch_size):
+        for idx in _batches(order, max(1, settings.batch_size // n)):
             enc = tokenizer(
                 [prompts[i] for i in idx],
                 return_tensors="pt",
@@ -220,6 +255,8 @@ def generate_raw(
                 gen = model.generate(**enc, **batch_kwargs)
             new = fam.new_tokens(gen, enc["input_ids"].shape[1])
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            if n > 1:  # each prompt's candidates are consecutive
+                texts = [_choose(texts[k : k + n], settings.mbr_metric) for k in range(0, len(texts), n)]
             for i, text in zip(idx, texts):
                 out[i] = text
             if on_batch is not None:
@@ -228,6 +265,10 @@ def generate_raw(
     finally:
         bar.close()
     return [t if t is not None else "" for t in out]
+
+
+def _choose(candidates: list[str], metric: str) -> str:
+    return candidates[metrics.mbr_choice(candidates, metric)]
 
 
 def describe(
@@ -247,14 +288,20 @@ def describe(
 # --------------------------------------------------------------------------- cache
 
 
-def cache_key(identity: dict[str, Any], settings: GenSettings, template: PromptTemplate) -> str:
+def cache_key(
+    identity: dict[str, Any], settings: GenSettings, template: PromptTemplate, seed: int | None = None
+) -> str:
+    """Hash of what decides the outputs; the seed counts only when sampling."""
+    parts = {
+        "format": CACHE_FORMAT,
+        "model": identity,
+        "settings": settings.decoding(),
+        "template": template.to_dict(),
+    }
+    if settings.samples and seed is not None:
+        parts["seed"] = seed
     blob = json.dumps(
-        {
-            "format": CACHE_FORMAT,
-            "model": identity,
-            "settings": settings.decoding(),
-            "template": template.to_dict(),
-        },
+        parts,
         sort_keys=True,
         default=str,
     )
@@ -360,6 +407,7 @@ def cached_describe(
     settings: GenSettings,
     cache: GenerationCache,
     progress: bool = True,
+    seed: int | None = None,
 ) -> list[str]:
     """Descriptions for ``rows`` (each with row, uid, title), generating only rows not in ``cache``."""
     missing = [r for r in rows if cache.get(r["row"], r["title"]) is None]
@@ -389,5 +437,6 @@ def cached_describe(
             desc=cache.label,
             on_batch=store,
             progress=progress,
+            seed=seed,
         )
     return [cache.get(r["row"], r["title"]) or "" for r in rows]

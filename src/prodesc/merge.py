@@ -476,14 +476,16 @@ def generate_all(
         plans[label] = (ident, lambda f=folder: with_adapter(load_model(model_path, cfg), f))
     outputs: dict[str, list[str]] = {}
     for label, (ident, loader) in plans.items():
-        outputs[label] = generate_for(out, label, ident, loader, tokenizer, template, rows, settings)
+        outputs[label] = generate_for(
+            out, label, ident, loader, tokenizer, template, rows, settings, cfg.seed
+        )
     return outputs, {label: ident for label, (ident, _) in plans.items()}
 
 
-def generate_for(out, label, identity, loader, tokenizer, template, rows, settings) -> list[str]:
+def generate_for(out, label, identity, loader, tokenizer, template, rows, settings, seed) -> list[str]:
     """One model's outputs for ``rows``: from its cache in ``out``/generations, generating (and
-    loading it) only if needed."""
-    key = cache_key(identity, settings, template)
+    loading it) only if needed. Sampling starts from ``seed`` for every model."""
+    key = cache_key(identity, settings, template, seed)
     cache = GenerationCache(
         out / "generations", label, key, {"model": identity, "settings": settings.decoding()}
     )
@@ -494,7 +496,7 @@ def generate_for(out, label, identity, loader, tokenizer, template, rows, settin
     log(f"{label}: generating {todo} of {len(rows)} rows ({len(rows) - todo} cached)")
     model = loader()
     try:
-        return cached_describe(model, tokenizer, template, rows, settings, cache)
+        return cached_describe(model, tokenizer, template, rows, settings, cache, seed=seed)
     finally:
         free(model)
         del model

@@ -52,6 +52,40 @@ def corpus_bleu_chrf(outputs: Sequence[str], references: Sequence[str]) -> tuple
     return float(bleu), float(chrf)
 
 
+def agreement(metric: str) -> Any:
+    """``score(candidate, other)`` for minimum Bayes risk choice (``eval.mbr_metric``): ROUGE-L
+    F-measure, sentence chrF / 100, or their sum."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    chrf = sacrebleu.CHRF()
+
+    def rouge_l(cand: str, other: str) -> float:
+        return float(scorer.score(other, cand)["rougeL"].fmeasure)
+
+    def chrf01(cand: str, other: str) -> float:
+        return float(chrf.sentence_score(cand, [other]).score) / 100
+
+    scores = {"rougeL": rouge_l, "chrf": chrf01, "rougeL+chrf": lambda c, o: rouge_l(c, o) + chrf01(c, o)}
+    if metric not in scores:
+        raise ValueError(f"unknown agreement metric {metric!r}: one of {sorted(scores)}")
+    return scores[metric]
+
+
+def mbr_choice(candidates: Sequence[str], metric: str) -> int:
+    """Index of the candidate with the highest mean agreement with the other candidates (minimum
+    Bayes risk with the candidates as samples of the model's own distribution); the first on a tie."""
+    if len(candidates) < 2:
+        return 0
+    score = agreement(metric)
+    means = [
+        sum(score(c, o) for j, o in enumerate(candidates) if j != i) / (len(candidates) - 1)
+        for i, c in enumerate(candidates)
+    ]
+    return max(range(len(candidates)), key=lambda i: (means[i], -i))
+
+
 def semantic_available() -> bool:
     return importlib.util.find_spec(MINILM_PACKAGE) is not None
 

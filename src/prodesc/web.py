@@ -2,7 +2,8 @@
 
 A title box, every decoding knob of the ``eval`` section plus the seed, and the base and fine-tuned
 descriptions side by side; the fine-tuned one streams in as it is generated (greedy or sampling;
-beam search shows it when done). Example titles come from the test split of the prepared data.
+beam search and eval.mbr_samples show it when done). Example titles come from the test split of
+the prepared data.
 
 The page calls :meth:`prodesc.demo.Demo.generate`, the same code as the command line, so a title
 gives the same description on both. gradio is imported inside the functions only.
@@ -50,6 +51,7 @@ KNOBS = (
     Knob("top_k", "top-k (sampling; 0 = off)", 0, 200, 1),
     Knob("repetition_penalty", "repetition penalty", 1.0, 2.0, 0.05),
     Knob("no_repeat_ngram_size", "no repeated n-grams of size (0 = off)", 0, 8, 1),
+    Knob("mbr_samples", "sampled candidates to choose from (0 = off)", 0, 16, 1),
     Knob("seed", "seed (fixes sampling)"),
 )
 
@@ -114,7 +116,7 @@ class Describer:
 
     def tuned_pieces(self, title: str, settings: Any, seed: int) -> Iterator[str]:
         """The fine-tuned text as it grows, then the final (template-extracted) text."""
-        if settings.num_beams > 1:
+        if not settings.streams:
             yield self.demo.generate(title, base=False, settings=settings, seed=seed, streamer=None)
             return
         from transformers import TextIteratorStreamer
