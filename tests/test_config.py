@@ -109,6 +109,10 @@ def test_presets_shipped_are_the_ones_the_product_needs():
     assert quality.model == cpu.model and quality.eval.rows == "all"
     assert quality.eval.min_new_tokens == 128 and cpu.eval.min_new_tokens == 0  # chosen on validation
     assert (quality.lora.r, quality.lora.alpha) == (32, 64) and (cpu.lora.r, cpu.lora.alpha) == (16, 32)
+    assert (quality.eval.mbr_samples, quality.eval.mbr_metric, quality.eval.do_sample) == (8, "rougeL", False)
+    assert (quality.eval.temperature, quality.eval.top_p, quality.eval.top_k) == (0.7, 0.95, 0)
+    for name in ("cpu", "t4", "l4", "a100"):  # greedy: MBR was measured only on the embedded model
+        assert C.load_config(name).eval.mbr_samples == 0, name
     # what the validation sweep chose, carried into every preset that generates descriptions
     for name in ("cpu", "cpu-quality", "t4", "l4", "a100"):  # the causal models; not FLAN-T5
         assert C.load_config(name).eval.repetition_penalty == 1.2, name
