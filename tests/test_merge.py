@@ -344,6 +344,32 @@ def test_interrupted_evaluation_resumes_without_regenerating(eval_run, monkeypat
     assert len(list((paths.eval / "generations").glob("base*.jsonl"))) == 2
 
 
+def test_mbr_evaluation_is_seeded_and_recorded(eval_run, monkeypatch):
+    """eval.mbr_samples in 03: 2 candidates per row (each generate call returns 2 sequences per
+    prompt), the settings in metrics.json, and the same outputs again from the same seed once the
+    cached generations are deleted (sampling starts from `seed` for every model)."""
+    import json
+    import shutil
+
+    from prodesc import metrics
+
+    overrides, paths = eval_run
+    mbr = [*overrides, "eval.mbr_samples=2", "eval.temperature=1.5"]
+    counter = GenerateCounter(monkeypatch)
+    sizes: list[int] = []
+    real = metrics.mbr_choice
+    monkeypatch.setattr(metrics, "mbr_choice", lambda c, m: sizes.append(len(c)) or real(c, m))
+    assert run(mbr) == 0
+    assert counter.rows == 3 + 3 + 3 * 6  # merge check (greedy), then base, tuned, checkpoint-2
+    assert sizes == [2] * 3 * 6  # one choice between 2 candidates per row and model
+    doc = json.loads((paths.eval / "metrics.json").read_text())
+    assert doc["generation"]["mbr_samples"] == 2 and doc["generation"]["mbr_metric"] == "rougeL"
+    first = json.loads((paths.eval / "outputs.json").read_text())["outputs"]
+    shutil.rmtree(paths.eval / "generations")
+    assert run(mbr) == 0
+    assert json.loads((paths.eval / "outputs.json").read_text())["outputs"] == first
+
+
 def test_overwrite_redoes_the_merge(eval_run):
     overrides, paths = eval_run
     assert run([*overrides, "eval.rows=2"]) == 0

@@ -9,6 +9,9 @@
   model's output repeats the prompt, a seq2seq model's does not), special tokens skipped.
 - :func:`describe` = the two above + ``template.extract``: titles in, descriptions out (with an
   optional streamer that prints the tokens as they are generated: the demo).
+- ``eval.mbr_samples``: minimum Bayes risk decoding. ``generate`` samples N candidates per prompt
+  (``num_return_sequences``) and :func:`prodesc.metrics.mbr_choice` keeps the one that agrees most
+  with the others.
 - :class:`GenerationCache` keeps generations in a JSON Lines file, one line per row, appended and
   flushed per batch, so an interrupted evaluation resumes with only the missing rows; the file's
   header holds a hash of (model identity, settings, template) and a change starts a new file.
