@@ -20,11 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from prodesc import models
-from prodesc.config import load_config
+from prodesc.config import Config, load_config
 from prodesc.generate import GenSettings, describe
 from prodesc.paths import RunPaths
 from prodesc.prepare import BUNDLED_SAMPLE
@@ -49,6 +50,21 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def embedded(preset: str, root: str, threads: int) -> tuple[Config, str, Any, Any]:
+    """(config, model path, model, tokenizer): the embedded model converted into ``root`` (default:
+    a temporary folder), with ``threads`` torch threads (0: torch's choice)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(root or tempfile.mkdtemp(prefix="prodesc-bench-")).resolve()
+    cfg = load_config(preset, [f"paths.root={folder}"])
+    path = models.resolve_model_path(cfg, RunPaths.from_config(cfg, folder))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return cfg, path, model, AutoTokenizer.from_pretrained(path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=32)
@@ -60,15 +76,7 @@ def main() -> int:
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    root = Path(args.root or tempfile.mkdtemp(prefix="prodesc-bench-")).resolve()
-    cfg = load_config("cpu", [f"paths.root={root}"])
-    path = models.resolve_model_path(cfg, RunPaths.from_config(cfg, root))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    _, path, model, tokenizer = embedded("cpu", args.root, args.threads)
     template = BUILTIN["chat"]
     titles = sample_titles(args.n)
     batched = GenSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)

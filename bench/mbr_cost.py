@@ -14,19 +14,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import sample_titles, timed  # bench/generate.py
+from generate import embedded, sample_titles, timed  # bench/generate.py
 
-from prodesc import metrics, models
-from prodesc.config import load_config
+from prodesc import metrics
 from prodesc.generate import GenSettings, describe
-from prodesc.paths import RunPaths
 from prodesc.templates import BUILTIN
 
 
@@ -40,15 +36,7 @@ def main() -> int:
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    root = Path(args.root or tempfile.mkdtemp(prefix="prodesc-bench-")).resolve()
-    cfg = load_config("cpu-quality", [f"paths.root={root}"])
-    path = models.resolve_model_path(cfg, RunPaths.from_config(cfg, root))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    cfg, path, model, tokenizer = embedded("cpu-quality", args.root, args.threads)
     titles = sample_titles(args.n)
     mbr = dataclasses.replace(GenSettings.from_eval(cfg.eval), mbr_samples=args.samples)
     greedy = dataclasses.replace(mbr, mbr_samples=0)
