@@ -50,6 +50,12 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def model_options(ap: argparse.ArgumentParser) -> None:
+    """--root and --threads, the arguments of :func:`embedded`."""
+    ap.add_argument("--root", default="")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+
+
 def embedded(preset: str, root: str, threads: int) -> tuple[Config, str, Any, Any]:
     """(config, model path, model, tokenizer): the embedded model converted into ``root`` (default:
     a temporary folder), with ``threads`` torch threads (0: torch's choice)."""
@@ -70,8 +76,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--root", default="")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    model_options(ap)
     args = ap.parse_args()
 
     import torch

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generate import embedded, sample_titles, timed  # bench/generate.py
+from generate import embedded, model_options, sample_titles, timed  # bench/generate.py
 
 from prodesc import metrics
 from prodesc.generate import GenSettings, describe
@@ -30,8 +30,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--root", default="")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    model_options(ap)
     args = ap.parse_args()
 
     import torch
