@@ -56,6 +56,25 @@ def test_mbr_choice_keeps_the_candidate_closest_to_the_others(metric):
     assert metrics.mbr_choice(["only one"], metric) == 0
 
 
+def test_mbr_choice_scores_each_pair_once_only_for_the_symmetric_measure(monkeypatch):
+    """ROUGE-L F is symmetric, so the choice scores each pair once; chrF is not, so both directions."""
+    cand, other = "a steel mug that keeps tea hot", "this steel mug keeps coffee hot for hours"
+    assert metrics.agreement("rougeL")(cand, other) == pytest.approx(metrics.agreement("rougeL")(other, cand))
+    assert metrics.agreement("chrf")(cand, other) != pytest.approx(metrics.agreement("chrf")(other, cand))
+    real, calls = metrics.agreement, []
+
+    def counting(metric):
+        score = real(metric)
+        return lambda c, o: calls.append((c, o)) or score(c, o)
+
+    monkeypatch.setattr(metrics, "agreement", counting)
+    cands = ["a blue lamp", "the red mug holds tea", "the red mug holds hot tea", "my red mug"]
+    for metric, expected in (("rougeL", 6), ("chrf", 12), ("rougeL+chrf", 12)):
+        calls.clear()
+        assert metrics.mbr_choice(cands, metric) in (1, 2)
+        assert len(calls) == expected, metric
+
+
 def test_mbr_agreement_is_the_library_score():
     import sacrebleu
     from rouge_score import rouge_scorer

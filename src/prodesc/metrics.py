@@ -79,11 +79,14 @@ def mbr_choice(candidates: Sequence[str], metric: str) -> int:
     if len(candidates) < 2:
         return 0
     score = agreement(metric)
-    means = [
-        sum(score(c, o) for j, o in enumerate(candidates) if j != i) / (len(candidates) - 1)
-        for i, c in enumerate(candidates)
-    ]
-    return max(range(len(candidates)), key=lambda i: (means[i], -i))
+    n = len(candidates)
+    pair = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(n):
+            if i != j:  # ROUGE-L F is symmetric: each pair is scored once
+                pair[i][j] = pair[j][i] if metric == "rougeL" and j < i else score(candidates[i], candidates[j])
+    means = [sum(row) / (n - 1) for row in pair]
+    return max(range(n), key=lambda i: (means[i], -i))
 
 
 def semantic_available() -> bool:
