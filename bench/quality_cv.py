@@ -11,7 +11,11 @@ in several seeds' test splits: each time it is scored by a different model) and 
 - per seed: ROUGE-1/2/L, BLEU, chrF, words, echo rate of the base and the fine-tuned model;
 - pooled: the same over all test rows, with paired bootstrap 95% intervals of tuned − base
   (rows resampled; BLEU and chrF recomputed as corpus scores on each resample);
-- how many seeds the fine-tuned model wins on each metric.
+- how many seeds the fine-tuned model wins on each metric;
+- two reference points that need no model, scored on the same rows: `constant`, one fixed text
+  for every row (the training description with the highest mean ROUGE-L against the other
+  training descriptions: what a model that ignores the title could at best learn to write), and
+  `nearest`, the training description of the most similar training title (word overlap).
 
 With --split validation the same is done on each seed's validation split: compare recipes
 there (one --name per recipe), then score the chosen one on the test splits.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -40,6 +45,7 @@ from prodesc.atomic import write_text  # noqa: E402
 
 STAGES = ("01_prepare.py", "02_sft_qlora.py", "03_merge_fp16.py")
 SCORES = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
+MODELS = ("base", "tuned", "constant", "nearest")  # the last two need no model
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> Path:
@@ -64,6 +70,26 @@ def read_rows(csv_path: Path, seed: int) -> list[dict]:
         return [dict(r, seed=seed) for r in csv.DictReader(f)]
 
 
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def add_reference_points(args: argparse.Namespace, seed: int, rows: list[dict]) -> None:
+    """Add ``constant_output`` and ``nearest_output`` to each row, from the seed's training split."""
+    from prodesc.config import load_config
+    from prodesc.paths import RunPaths
+    from prodesc.prepare import open_prepared
+
+    cfg = load_config(args.preset, [f"data.source={args.source}", f"seed={seed}", *args.overrides])
+    train = open_prepared(RunPaths.from_config(cfg, args.root), ("train",), ("title", "content"))[1]["train"]
+    titles, contents = [words(t) for t in train["title"]], list(train["content"])
+    constant = contents[metrics.mbr_choice(contents, "rougeL")]
+    for row in rows:
+        query = words(row["title"])
+        best = max(range(len(titles)), key=lambda i: (len(query & titles[i]) / (len(query | titles[i]) or 1), -i))
+        row["constant_output"], row["nearest_output"] = constant, contents[best]
+
+
 def scores(rows: list[dict], model: str) -> tuple[dict, list[dict]]:
     outputs = [r[f"{model}_output"] for r in rows]
     return metrics.evaluate(outputs, [r["reference"] for r in rows], [r["title"] for r in rows], semantic=False)
@@ -86,23 +112,25 @@ def corpus_stats(rows: list[dict], model: str) -> dict:
     return stats
 
 
-def bootstrap(rows: list[dict], per_row: dict[str, list[dict]], n: int, seed: int) -> dict[str, list[float]]:
-    """Paired bootstrap 95% intervals of tuned − base for every score (rows resampled together)."""
+def bootstrap(rows: list[dict], per_row: dict[str, list[dict]], n: int, seed: int,
+              other: str = "base") -> dict[str, list[float]]:
+    """Paired bootstrap 95% intervals of tuned − ``other`` for every score (rows resampled together)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     size = len(rows)
-    rouge = {m: np.array([[r[k] for k in ("rouge1", "rouge2", "rougeL")] for r in per_row[m]]) for m in per_row}
-    stats = {m: corpus_stats(rows, m) for m in ("base", "tuned")}
+    pair = ("tuned", other)
+    rouge = {m: np.array([[r[k] for k in ("rouge1", "rouge2", "rougeL")] for r in per_row[m]]) for m in pair}
+    stats = {m: corpus_stats(rows, m) for m in pair}
     diffs: dict[str, list[float]] = {k: [] for k in SCORES}
     for _ in range(n):
         idx = rng.integers(0, size, size)
         for j, k in enumerate(("rouge1", "rouge2", "rougeL")):
-            diffs[k].append(float((rouge["tuned"][idx, j] - rouge["base"][idx, j]).mean()))
+            diffs[k].append(float((rouge["tuned"][idx, j] - rouge[other][idx, j]).mean()))
         for k in ("bleu", "chrf"):
             score = {m: stats[m][k][0]._compute_score_from_stats(list(stats[m][k][1][idx].sum(0))).score
-                     for m in ("base", "tuned")}
-            diffs[k].append(score["tuned"] - score["base"])
+                     for m in pair}
+            diffs[k].append(score["tuned"] - score[other])
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in diffs.items()}
 
 
@@ -129,30 +157,33 @@ def main(argv: list[str] | None = None) -> int:
     args.name = args.name or args.preset
 
     rows: list[dict] = []
-    header = "                 ROUGE-1 ROUGE-2 ROUGE-L  BLEU   chrF  words  echo"
+    header = "                  ROUGE-1 ROUGE-2 ROUGE-L  BLEU   chrF  words  echo"
     lines = [header]
     per_seed = {}
     for seed in args.seeds:
         seed_rows = read_rows(run_seed(args, seed), seed)
+        add_reference_points(args, seed, seed_rows)
         rows += seed_rows
-        base, tuned = scores(seed_rows, "base")[0], scores(seed_rows, "tuned")[0]
-        per_seed[seed] = {"base": base, "tuned": tuned}
-        lines += [f"seed {seed:<3} base  {fmt(base)}", f"         tuned {fmt(tuned)}"]
-        print(lines[-2] + "\n" + lines[-1], flush=True)
+        per_seed[seed] = {m: scores(seed_rows, m)[0] for m in MODELS}
+        lines += [f"seed {seed:<3} {MODELS[0]:<8} {fmt(per_seed[seed][MODELS[0]])}",
+                  *(f"         {m:<8} {fmt(per_seed[seed][m])}" for m in MODELS[1:])]
+        print("\n".join(lines[-len(MODELS):]), flush=True)
 
     pooled, per_row = {}, {}
-    for model in ("base", "tuned"):
+    for model in MODELS:
         pooled[model], per_row[model] = scores(rows, model)
-    intervals = bootstrap(rows, per_row, args.bootstrap, seed=0)
+    intervals = {other: bootstrap(rows, per_row, args.bootstrap, seed=0, other=other)
+                 for other in MODELS if other != "tuned"}
     wins = {k: sum(per_seed[s]["tuned"][k] > per_seed[s]["base"][k] for s in args.seeds) for k in SCORES}
     lines += [f"pooled ({len(rows)} rows, {len({(r['title'], r['reference']) for r in rows})} distinct)",
-              f"         base  {fmt(pooled['base'])}", f"         tuned {fmt(pooled['tuned'])}",
-              "tuned - base, paired bootstrap 95%: " + ", ".join(
-                  f"{k} {lo:+.3f}..{hi:+.3f}" for k, (lo, hi) in intervals.items()),
+              *(f"         {m:<8} {fmt(pooled[m])}" for m in MODELS),
+              *(f"tuned - {other}, paired bootstrap 95%: " + ", ".join(
+                  f"{k} {lo:+.3f}..{hi:+.3f}" for k, (lo, hi) in iv.items()) for other, iv in intervals.items()),
               f"seeds where tuned > base (of {len(args.seeds)}): " + ", ".join(f"{k} {v}" for k, v in wins.items())]
-    print("\n".join(lines[-5:]))
-    report = {"preset": args.preset, "name": args.name, "split": args.split, "source": args.source, "seeds": args.seeds, "overrides": args.overrides,
-              "per_seed": per_seed, "pooled": pooled, "rows": len(rows), "bootstrap_95": intervals,
+    print("\n".join(lines[-(len(MODELS) + len(intervals) + 2):]))
+    report = {"preset": args.preset, "name": args.name, "split": args.split, "source": args.source,
+              "seeds": args.seeds, "overrides": args.overrides, "per_seed": per_seed, "pooled": pooled,
+              "rows": len(rows), "bootstrap_95": intervals.pop("base"), "bootstrap_95_vs": intervals,
               "seed_wins": wins, "table": lines}
     out = args.root / "quality_cv" / f"{args.name}-{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
