@@ -20,10 +20,11 @@ in several seeds' test splits: each time it is scored by a different model) and 
 With --split validation the same is done on each seed's validation split: compare recipes
 there (one --name per recipe), then score the chosen one on the test splits.
 
-Writes <root>/quality_cv/<name>-<split>.json (atomically) and prints a table. Each seed takes about as
-long as the preset's 02 + 03 (cpu-quality: ~7 min on 2 cores). A finished seed is not redone
-(02 and 03 skip what is complete), so an interrupted run resumes. Extra key=value arguments go to
-every stage (e.g. eval.repetition_penalty=1.1).
+Writes <root>/quality_cv/<name>-<split>.json (atomically) and prints a table. Each seed takes
+about as long as the preset's 02 + 03 (cpu-quality: ~23 min on 2 cores, ~7 with
+eval.mbr_samples=0). A finished seed is not redone (02 and 03 skip what is complete), so an
+interrupted run resumes. Extra key=value arguments go to every stage (e.g.
+eval.repetition_penalty=1.1).
 """
 
 from __future__ import annotations
