@@ -87,7 +87,8 @@ def add_reference_points(args: argparse.Namespace, seed: int, rows: list[dict]) 
     constant = contents[metrics.mbr_choice(contents, "rougeL")]
     for row in rows:
         query = words(row["title"])
-        best = max(range(len(titles)), key=lambda i: (len(query & titles[i]) / (len(query | titles[i]) or 1), -i))
+        overlap = [len(query & t) / (len(query | t) or 1) for t in titles]  # Jaccard; first on a tie
+        best = max(range(len(titles)), key=lambda i: (overlap[i], -i))
         row["constant_output"], row["nearest_output"] = constant, contents[best]
 
 
@@ -178,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     wins = {k: sum(per_seed[s]["tuned"][k] > per_seed[s]["base"][k] for s in args.seeds) for k in SCORES}
     lines += [f"pooled ({len(rows)} rows, {len({(r['title'], r['reference']) for r in rows})} distinct)",
               *(f"         {m:<8} {fmt(pooled[m])}" for m in MODELS),
-              *(f"tuned - {other}, paired bootstrap 95%: " + ", ".join(
-                  f"{k} {lo:+.3f}..{hi:+.3f}" for k, (lo, hi) in iv.items()) for other, iv in intervals.items()),
-              f"seeds where tuned > base (of {len(args.seeds)}): " + ", ".join(f"{k} {v}" for k, v in wins.items())]
+              *(f"tuned - {other}, paired bootstrap 95%: "
+                + ", ".join(f"{k} {lo:+.3f}..{hi:+.3f}" for k, (lo, hi) in iv.items())
+                for other, iv in intervals.items()),
+              f"seeds where tuned > base (of {len(args.seeds)}): "
+              + ", ".join(f"{k} {v}" for k, v in wins.items())]
     print("\n".join(lines[-(len(MODELS) + len(intervals) + 2):]))
     report = {"preset": args.preset, "name": args.name, "split": args.split, "source": args.source,
               "seeds": args.seeds, "overrides": args.overrides, "per_seed": per_seed, "pooled": pooled,

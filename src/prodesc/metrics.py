@@ -83,8 +83,10 @@ def mbr_choice(candidates: Sequence[str], metric: str) -> int:
     pair = [[0.0] * n for _ in range(n)]
     for i in range(n):
         for j in range(n):
-            if i != j:  # ROUGE-L F is symmetric: each pair is scored once
-                pair[i][j] = pair[j][i] if metric == "rougeL" and j < i else score(candidates[i], candidates[j])
+            if i == j:
+                continue
+            symmetric = metric == "rougeL" and j < i  # ROUGE-L F is symmetric: each pair scored once
+            pair[i][j] = pair[j][i] if symmetric else score(candidates[i], candidates[j])
     means = [sum(row) / (n - 1) for row in pair]
     return max(range(n), key=lambda i: (means[i], -i))
 
