@@ -15,8 +15,8 @@ in several seeds' test splits: each time it is scored by a different model) and 
 - two reference points that need no model, scored on the same rows: `constant`, one fixed text
   for every row (the training description with the highest mean ROUGE-L against the other
   training descriptions, or a seeded 500 of them: what a model that ignores the title could at
-  best learn to write), and
-  `nearest`, the training description of the most similar training title (word overlap).
+  best learn to write), and `nearest`, the training description of the most similar training
+  title (word overlap).
 
 With --split validation the same is done on each seed's validation split: compare recipes
 there (one --name per recipe), then score the chosen one on the test splits.
@@ -120,15 +120,16 @@ def corpus_stats(rows: list[dict], model: str) -> dict:
 
 
 def bootstrap(rows: list[dict], per_row: dict[str, list[dict]], n: int, seed: int,
-              other: str = "base") -> dict[str, list[float]]:
-    """Paired bootstrap 95% intervals of tuned − ``other`` for every score (rows resampled together)."""
+              other: str = "base", stats: dict | None = None) -> dict[str, list[float]]:
+    """Paired bootstrap 95% intervals of tuned − ``other`` for every score (rows resampled together);
+    ``stats``: the models' :func:`corpus_stats`, when already computed."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     size = len(rows)
     pair = ("tuned", other)
     rouge = {m: np.array([[r[k] for k in ("rouge1", "rouge2", "rougeL")] for r in per_row[m]]) for m in pair}
-    stats = {m: corpus_stats(rows, m) for m in pair}
+    stats = {m: stats[m] if stats else corpus_stats(rows, m) for m in pair}
     diffs: dict[str, list[float]] = {k: [] for k in SCORES}
     for _ in range(n):
         idx = rng.integers(0, size, size)
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     pooled, per_row = {}, {}
     for model in MODELS:
         pooled[model], per_row[model] = scores(rows, model)
-    intervals = {other: bootstrap(rows, per_row, args.bootstrap, seed=0, other=other)
+    stats = {m: corpus_stats(rows, m) for m in MODELS}  # once per model, not once per comparison
+    intervals = {other: bootstrap(rows, per_row, args.bootstrap, seed=0, other=other, stats=stats)
                  for other in MODELS if other != "tuned"}
     wins = {k: sum(per_seed[s]["tuned"][k] > per_seed[s]["base"][k] for s in args.seeds) for k in SCORES}
     lines += [f"pooled ({len(rows)} rows, {len({(r['title'], r['reference']) for r in rows})} distinct)",
@@ -192,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines[-(len(MODELS) + len(intervals) + 2):]))
     report = {"preset": args.preset, "name": args.name, "split": args.split, "source": args.source,
               "seeds": args.seeds, "overrides": args.overrides, "per_seed": per_seed, "pooled": pooled,
-              "rows": len(rows), "bootstrap_95": intervals.pop("base"), "bootstrap_95_vs": intervals,
+              "rows": len(rows), "bootstrap_95": intervals["base"],
+              "bootstrap_95_vs": {m: iv for m, iv in intervals.items() if m != "base"},
               "seed_wins": wins, "table": lines}
     out = args.root / "quality_cv" / f"{args.name}-{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,9 @@ def corpus_bleu_chrf(outputs: Sequence[str], references: Sequence[str]) -> tuple
     return float(bleu), float(chrf)
 
 
+SYMMETRIC_AGREEMENT = frozenset({"rougeL"})  # score(a, b) == score(b, a): F-measure; chrF is not
+
+
 def agreement(metric: str) -> Any:
     """``score(candidate, other)`` for minimum Bayes risk choice (``eval.mbr_metric``): ROUGE-L
     F-measure, sentence chrF / 100, or their sum."""
@@ -78,15 +81,13 @@ def mbr_choice(candidates: Sequence[str], metric: str) -> int:
     Bayes risk with the candidates as samples of the model's own distribution); the first on a tie."""
     if len(candidates) < 2:
         return 0
-    score = agreement(metric)
+    score, symmetric = agreement(metric), metric in SYMMETRIC_AGREEMENT
     n = len(candidates)
     pair = [[0.0] * n for _ in range(n)]
     for i in range(n):
         for j in range(n):
-            if i == j:
-                continue
-            symmetric = metric == "rougeL" and j < i  # ROUGE-L F is symmetric: each pair scored once
-            pair[i][j] = pair[j][i] if symmetric else score(candidates[i], candidates[j])
+            if i != j:  # a symmetric measure scores each pair once
+                pair[i][j] = pair[j][i] if symmetric and j < i else score(candidates[i], candidates[j])
     means = [sum(row) / (n - 1) for row in pair]
     return max(range(n), key=lambda i: (means[i], -i))
 
