@@ -110,6 +110,7 @@ def test_presets_shipped_are_the_ones_the_product_needs():
     assert quality.eval.min_new_tokens == 128 and cpu.eval.min_new_tokens == 0  # chosen on validation
     assert (quality.lora.r, quality.lora.alpha) == (32, 64) and (cpu.lora.r, cpu.lora.alpha) == (16, 32)
     assert (quality.eval.mbr_samples, quality.eval.mbr_metric, quality.eval.do_sample) == (8, "rougeL", False)
+    assert quality.eval.mbr_references == 40 and cpu.eval.mbr_references == 0
     assert (quality.eval.temperature, quality.eval.top_p, quality.eval.top_k) == (0.7, 0.95, 0)
     for name in ("cpu", "t4", "l4", "a100"):  # greedy: MBR was measured only on the embedded model
         assert C.load_config(name).eval.mbr_samples == 0, name

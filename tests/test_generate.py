@@ -96,6 +96,9 @@ def test_length_knobs_leave_old_cache_keys_alone():
     assert set(GenSettings(mbr_metric="chrf").decoding()) == before  # no candidates: no metric
     mbr = GenSettings(mbr_samples=4, mbr_metric="chrf")
     assert set(mbr.decoding()) == before | {"mbr_samples", "mbr_metric"}
+    assert set(GenSettings(mbr_references=5).decoding()) == before  # no candidates: no references
+    assert set(GenSettings(mbr_samples=4, mbr_metric="chrf", mbr_references=5).decoding()) == before | {
+        "mbr_samples", "mbr_metric", "mbr_references"}
 
 
 def test_every_knob_reaches_generate(tiny):
@@ -350,7 +353,8 @@ def test_mbr_samples_returns_each_titles_chosen_candidate(tiny, monkeypatch):
     given: list[tuple[list[str], str]] = []
     real = metrics.mbr_choice
 
-    def spy(candidates, metric):
+    def spy(candidates, metric, references=()):
+        assert references == ()  # eval.mbr_references is off: the candidates are compared with each other
         given.append((list(candidates), metric))
         return real(candidates, metric)
 
@@ -370,6 +374,36 @@ def test_mbr_samples_returns_each_titles_chosen_candidate(tiny, monkeypatch):
     prompts = render_prompts(tok, BUILTIN["chat"], TITLES)  # generated longest first
     order = sorted(range(len(TITLES)), key=lambda i: -len(tok(prompts[i])["input_ids"]))
     assert [out[i] for i in order] == picks  # each title got the pick from its own candidates
+
+
+def test_mbr_references_replace_the_other_candidates(tiny, monkeypatch):
+    """eval.mbr_references: every choice compares the candidates with the descriptions passed in,
+    the output is that choice, the texts key the cache, and forgetting to pass them is a bug that
+    stops at once rather than falling back to plain MBR."""
+    model, tok = tiny
+    refs = ["A stainless steel bottle that keeps drinks cold.", "Soft cotton socks for everyday wear."]
+    given: list[tuple[list[str], tuple[str, ...]]] = []
+    real = metrics.mbr_choice
+
+    def spy(candidates, metric, references=()):
+        given.append((list(candidates), tuple(references)))
+        return real(candidates, metric, references)
+
+    monkeypatch.setattr(metrics, "mbr_choice", spy)
+    s = GenSettings(max_new_tokens=8, mbr_samples=3, mbr_references=2, batch_size=3)
+    assert s.references == 2 and GenSettings(mbr_references=2).references == 0
+    out = describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=1, references=refs)
+    assert len(given) == len(TITLES) and {r for _, r in given} == {tuple(refs)}
+    picks = {BUILTIN["chat"].extract(c[real(c, "rougeL", refs)]) for c, _ in given}
+    assert set(out) == picks
+    with pytest.raises(ValueError, match="no reference descriptions"):
+        describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=1)
+    t, ident = BUILTIN["chat"], {"name": "m"}
+    assert cache_key(ident, s, t, 1, refs) != cache_key(ident, s, t, 1, refs[:1])
+    plain = GenSettings(max_new_tokens=8, mbr_samples=3)  # off: the texts do not count
+    assert cache_key(ident, plain, t, 1, refs) == cache_key(ident, plain, t, 1)
+    with pytest.raises(ConfigError, match="eval.mbr_references' must be >= 0"):
+        EvalConfig(mbr_references=-1)
 
 
 def test_sampling_seed_repeats_a_run_and_keys_the_cache(tiny):

@@ -75,6 +75,27 @@ def test_mbr_choice_scores_each_pair_once_only_for_the_symmetric_measure(monkeyp
         assert len(calls) == expected, metric
 
 
+@pytest.mark.parametrize("metric", ["rougeL", "chrf", "rougeL+chrf"])
+def test_mbr_choice_with_references_scores_the_candidates_against_them_only(metric, monkeypatch):
+    """With references the candidates are no longer compared with each other: the medoid of the
+    candidates above (2) loses to the one that agrees with the two references, the lamp (0)."""
+    cands = ["a blue lamp for a desk", "the red mug holds hot coffee", "the red mug holds hot tea",
+             "the red mug holds tea", "my red mug holds hot tea"]
+    refs = ["a blue lamp for the office desk", "this blue lamp lights a desk"]
+    assert metrics.mbr_choice(cands, metric) == 2
+    assert metrics.mbr_choice(cands, metric, refs) == 0
+    assert metrics.mbr_choice(["same words", "same words"], metric, refs) == 0  # a tie: the first
+    real, calls = metrics.agreement, []
+
+    def counting(name):
+        score = real(name)
+        return lambda c, o: calls.append((c, o)) or score(c, o)
+
+    monkeypatch.setattr(metrics, "agreement", counting)
+    metrics.mbr_choice(cands, metric, refs)
+    assert sorted(calls) == sorted((c, r) for c in cands for r in refs)  # each candidate × each reference
+
+
 def test_mbr_agreement_is_the_library_score():
     import sacrebleu
     from rouge_score import rouge_scorer

@@ -268,6 +268,12 @@ class EvalConfig:
     mbr_metric: Literal["rougeL", "chrf", "rougeL+chrf"] = "rougeL"
     """How eval.mbr_samples measures agreement between two candidates: ROUGE-L F-measure,
     sentence chrF, or the two added (chrF scaled to 0-1)."""
+    mbr_references: int = 0
+    """With eval.mbr_samples: compare the candidates with this many real descriptions instead of
+    with each other, and keep the one that agrees most with them (0 = with each other). The
+    descriptions are a sample of the prepared training split fixed by the run's seed, so 03 and 04
+    need the prepared data. It favours the wording that real descriptions share over what the
+    model's own samples agree on."""
     checkpoints: list[str] = field(default_factory=list)
     """Extra checkpoints of the run to compare (folder names under checkpoints/, e.g. checkpoint-100)."""
     compare_runs: list[str] = field(default_factory=list)
@@ -293,6 +299,7 @@ class EvalConfig:
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
         _check(self.mbr_samples == 0 or self.mbr_samples >= 2, "eval.mbr_samples",
                "must be 0 (off) or at least 2 (candidates to choose from)")
+        _check(self.mbr_references >= 0, "eval.mbr_references", "must be >= 0 (0 = off)")
         _check(not self.mbr_samples or self.num_beams == 1, "eval.mbr_samples",
                "needs eval.num_beams=1: the candidates are sampled, not beam-searched")
 

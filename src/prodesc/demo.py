@@ -12,7 +12,8 @@ the fine-tuned description is streamed as it is generated, then both description
 side (one after the other in a narrow terminal). Decoding: eval.max_new_tokens,
 eval.min_new_tokens, eval.eos_bias, eval.num_beams, eval.do_sample, eval.temperature,
 eval.top_p, eval.top_k, eval.repetition_penalty, eval.repetition_scope, eval.no_repeat_ngram_size,
-eval.mbr_samples, eval.mbr_metric; `seed` is set before every generation, so it fixes sampling.
+eval.mbr_samples, eval.mbr_metric, eval.mbr_references (which reads the prepared training split);
+`seed` is set before every generation, so it fixes sampling.
 
     python src/04_quick_demo.py "Acme Stainless Water Bottle 500 ml" eval.do_sample=true seed=7
     python src/04_quick_demo.py --titles-file my_titles.txt --no-base
@@ -158,6 +159,11 @@ class Demo:
         self.template = template
         self.settings = settings
         self.seed = cfg.seed
+        self.references: list[str] = []  # eval.mbr_references: kept for the web page's knobs too
+        if cfg.eval.mbr_references:
+            from prodesc.prepare import reference_descriptions
+
+            self.references = reference_descriptions(paths, cfg.eval.mbr_references, cfg.seed)
         self.source = tuned_source(paths)
         folder = paths.merged if self.source == "merged" else paths.adapter
         self.tokenizer = prepare_for_generation(merge.load_tokenizer(folder, cfg))
@@ -198,7 +204,7 @@ class Demo:
         with off:
             outputs = describe(
                 model, self.tokenizer, self.template, [title], settings,
-                progress=False, streamer=streamer,
+                progress=False, streamer=streamer, references=self.references,
             )
         return outputs[0]
 

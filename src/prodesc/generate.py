@@ -56,6 +56,7 @@ class GenSettings:
     no_repeat_ngram_size: int = EvalConfig.no_repeat_ngram_size
     mbr_samples: int = EvalConfig.mbr_samples
     mbr_metric: str = EvalConfig.mbr_metric
+    mbr_references: int = EvalConfig.mbr_references
     batch_size: int = EvalConfig.batch_size
 
     @classmethod
@@ -72,6 +73,8 @@ class GenSettings:
                 out.pop(knob)
         if out["repetition_scope"] == EvalConfig.repetition_scope:  # likewise
             out.pop("repetition_scope")
+        if not out["mbr_samples"] or not out["mbr_references"]:  # likewise
+            out.pop("mbr_references")
         if not out["mbr_samples"]:  # likewise; the metric matters only with candidates
             out.pop("mbr_samples")
             out.pop("mbr_metric")
@@ -91,6 +94,12 @@ class GenSettings:
     def streams(self) -> bool:
         """Whether tokens can be shown as they come: one sequence per prompt, no beam search."""
         return self.num_beams == 1 and self.candidates == 1
+
+    @property
+    def references(self) -> int:
+        """Real descriptions the candidates are compared with: eval.mbr_references when there are
+        candidates, else 0."""
+        return self.mbr_references if self.candidates > 1 else 0
 
 
 def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) -> dict[str, Any]:
@@ -206,6 +215,7 @@ def generate_raw(
     progress: bool = True,
     streamer: Any = None,
     seed: int | None = None,
+    references: Sequence[str] = (),
 ) -> list[str]:
     """Generate for every prompt in batches of ``settings.batch_size``; return the new text.
 
@@ -219,9 +229,13 @@ def generate_raw(
     With ``eval.mbr_samples`` = N > 1 each prompt gets N sampled candidates and the text returned
     is the one :func:`prodesc.metrics.mbr_choice` picks; a batch then holds
     ``batch_size // N`` prompts (at least one), so it still holds about ``batch_size`` sequences.
+    With ``eval.mbr_references`` the candidates are compared with ``references`` (real
+    descriptions, :func:`prodesc.prepare.reference_descriptions`) instead of with each other.
     """
     if not prompts:
         return []
+    if settings.references and not references:
+        raise ValueError("eval.mbr_references is on but no reference descriptions were passed")
     import torch
     from tqdm.auto import tqdm
 
@@ -259,7 +273,10 @@ def generate_raw(
             new = fam.new_tokens(gen, enc["input_ids"].shape[1])
             texts = tokenizer.batch_decode(new, skip_special_tokens=True)
             if n > 1:  # each prompt's candidates are consecutive
-                texts = [_choose(texts[k : k + n], settings.mbr_metric) for k in range(0, len(texts), n)]
+                texts = [
+                    _choose(texts[k : k + n], settings.mbr_metric, references if settings.references else ())
+                    for k in range(0, len(texts), n)
+                ]
             for i, text in zip(idx, texts):
                 out[i] = text
             if on_batch is not None:
@@ -270,8 +287,8 @@ def generate_raw(
     return [t if t is not None else "" for t in out]
 
 
-def _choose(candidates: list[str], metric: str) -> str:
-    return candidates[metrics.mbr_choice(candidates, metric)]
+def _choose(candidates: list[str], metric: str, references: Sequence[str]) -> str:
+    return candidates[metrics.mbr_choice(candidates, metric, references)]
 
 
 def describe(
@@ -292,9 +309,14 @@ def describe(
 
 
 def cache_key(
-    identity: dict[str, Any], settings: GenSettings, template: PromptTemplate, seed: int | None = None
+    identity: dict[str, Any],
+    settings: GenSettings,
+    template: PromptTemplate,
+    seed: int | None = None,
+    references: Sequence[str] = (),
 ) -> str:
-    """Hash of what decides the outputs; the seed counts only when sampling."""
+    """Hash of what decides the outputs; the seed counts only when sampling, the reference
+    descriptions only with eval.mbr_references."""
     parts = {
         "format": CACHE_FORMAT,
         "model": identity,
@@ -303,6 +325,8 @@ def cache_key(
     }
     if settings.samples and seed is not None:
         parts["seed"] = seed
+    if settings.references:
+        parts["references"] = hashlib.sha256(json.dumps(list(references)).encode()).hexdigest()
     blob = json.dumps(
         parts,
         sort_keys=True,
@@ -411,6 +435,7 @@ def cached_describe(
     cache: GenerationCache,
     progress: bool = True,
     seed: int | None = None,
+    references: Sequence[str] = (),
 ) -> list[str]:
     """Descriptions for ``rows`` (each with row, uid, title), generating only rows not in ``cache``."""
     missing = [r for r in rows if cache.get(r["row"], r["title"]) is None]
@@ -441,5 +466,6 @@ def cached_describe(
             on_batch=store,
             progress=progress,
             seed=seed,
+            references=references,
         )
     return [cache.get(r["row"], r["title"]) or "" for r in rows]

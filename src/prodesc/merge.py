@@ -56,7 +56,7 @@ from prodesc.generate import (
     weights_fingerprint,
 )
 from prodesc.paths import RunPaths
-from prodesc.prepare import open_prepared
+from prodesc.prepare import open_prepared, reference_descriptions
 
 ADAPTER_CONFIG = "adapter_config.json"
 TEMPLATE_FILE = "prompt_template.json"
@@ -86,12 +86,15 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     rows, available = eval_rows(cfg, paths)
     ckpts = checkpoint_folders(cfg, paths)
     settings = GenSettings.from_eval(cfg.eval)
+    mbr_texts = reference_descriptions(paths, settings.references, cfg.seed) if settings.references else []
     others = compared_runs(cfg, paths, rows, settings, reserved={"base", "tuned", *ckpts})
     out = eval_folder(paths.run, cfg.eval.split)
 
     # work
     check = ensure_merged(cfg, paths, model_path, template, [r["title"] for r in rows[:CHECK_ROWS]])
-    outputs, identities = generate_all(cfg, paths, model_path, template, rows, settings, ckpts, out)
+    outputs, identities = generate_all(
+        cfg, paths, model_path, template, rows, settings, ckpts, out, mbr_texts
+    )
     atomic.write_json(
         out / OUTPUTS_FILE, outputs_document(cfg, paths, model_path, rows, settings, outputs, identities)
     )
@@ -450,8 +453,10 @@ def generate_all(
     settings: GenSettings,
     ckpts: dict[str, Path],
     out: Path,
+    mbr_texts: list[str],
 ) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
-    """Outputs and identity of every model: base, tuned (merged), then each checkpoint."""
+    """Outputs and identity of every model: base, tuned (merged), then each checkpoint;
+    ``mbr_texts``: the descriptions of eval.mbr_references (empty when off)."""
     tokenizer = load_tokenizer(paths.merged, cfg)
     base_id = {"name": cfg.model.name, "path": model_path, "weights": weights_fingerprint(Path(model_path))}
     plans: dict[str, tuple[dict[str, Any], Callable[[], Any]]] = {
@@ -477,15 +482,17 @@ def generate_all(
     outputs: dict[str, list[str]] = {}
     for label, (ident, loader) in plans.items():
         outputs[label] = generate_for(
-            out, label, ident, loader, tokenizer, template, rows, settings, cfg.seed
+            out, label, ident, loader, tokenizer, template, rows, settings, cfg.seed, mbr_texts
         )
     return outputs, {label: ident for label, (ident, _) in plans.items()}
 
 
-def generate_for(out, label, identity, loader, tokenizer, template, rows, settings, seed) -> list[str]:
+def generate_for(
+    out, label, identity, loader, tokenizer, template, rows, settings, seed, mbr_texts
+) -> list[str]:
     """One model's outputs for ``rows``: from its cache in ``out``/generations, generating (and
     loading it) only if needed. Sampling starts from ``seed`` for every model."""
-    key = cache_key(identity, settings, template, seed)
+    key = cache_key(identity, settings, template, seed, mbr_texts)
     cache = GenerationCache(
         out / "generations", label, key, {"model": identity, "settings": settings.decoding()}
     )
@@ -496,7 +503,9 @@ def generate_for(out, label, identity, loader, tokenizer, template, rows, settin
     log(f"{label}: generating {todo} of {len(rows)} rows ({len(rows) - todo} cached)")
     model = loader()
     try:
-        return cached_describe(model, tokenizer, template, rows, settings, cache, seed=seed)
+        return cached_describe(
+            model, tokenizer, template, rows, settings, cache, seed=seed, references=mbr_texts
+        )
     finally:
         free(model)
         del model

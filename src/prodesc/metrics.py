@@ -76,19 +76,25 @@ def agreement(metric: str) -> Any:
     return scores[metric]
 
 
-def mbr_choice(candidates: Sequence[str], metric: str) -> int:
+def mbr_choice(candidates: Sequence[str], metric: str, references: Sequence[str] = ()) -> int:
     """Index of the candidate with the highest mean agreement with the other candidates (minimum
-    Bayes risk with the candidates as samples of the model's own distribution); the first on a tie."""
-    if len(candidates) < 2:
-        return 0
-    score, symmetric = agreement(metric), metric in SYMMETRIC_AGREEMENT
+    Bayes risk with the candidates as samples of the model's own distribution), or, when
+    ``references`` are given, with those texts instead (``eval.mbr_references``: real descriptions
+    stand in for the model's samples); the first on a tie."""
     n = len(candidates)
-    pair = [[0.0] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(n):
-            if i != j:  # a symmetric measure scores each pair once
-                pair[i][j] = pair[j][i] if symmetric and j < i else score(candidates[i], candidates[j])
-    means = [sum(row) / (n - 1) for row in pair]
+    if n < 2:
+        return 0
+    score = agreement(metric)
+    if references:
+        means = [sum(score(c, r) for r in references) / len(references) for c in candidates]
+    else:
+        symmetric = metric in SYMMETRIC_AGREEMENT
+        pair = [[0.0] * n for _ in range(n)]
+        for i in range(n):
+            for j in range(n):
+                if i != j:  # a symmetric measure scores each pair once
+                    pair[i][j] = pair[j][i] if symmetric and j < i else score(candidates[i], candidates[j])
+        means = [sum(row) / (n - 1) for row in pair]
     return max(range(n), key=lambda i: (means[i], -i))
 
 

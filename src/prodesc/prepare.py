@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import json
 import os
+import random
 import shutil
 import threading
 import time
@@ -127,6 +128,20 @@ def open_prepared(paths: RunPaths, splits: tuple[str, ...], columns: tuple[str, 
                 "run 01_prepare.py with overwrite=true"
             )
     return manifest, data
+
+
+def reference_descriptions(paths: RunPaths, count: int, seed: int) -> list[str]:
+    """``count`` descriptions of the prepared training split (all of them when it holds fewer),
+    a sample fixed by ``seed``: the real texts that eval.mbr_references compares candidates with."""
+    try:
+        _, data = open_prepared(paths, ("train",), ("content",))
+    except UserError as err:
+        raise UserError(f"eval.mbr_references={count} reads the training split: {err}") from None
+    train = data["train"]
+    if len(train) == 0:
+        raise UserError(f"{paths.prepared_dataset} has no train rows: eval.mbr_references needs some")
+    picked = sorted(random.Random(seed).sample(range(len(train)), min(count, len(train))))
+    return list(train.select(picked)["content"])
 
 
 # --------------------------------------------------------------------------- pass 1: stream
