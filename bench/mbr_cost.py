@@ -37,7 +37,8 @@ def main() -> int:
 
     cfg, path, model, tokenizer = embedded("cpu-quality", args.root, args.threads)
     titles = sample_titles(args.n)
-    mbr = dataclasses.replace(GenSettings.from_eval(cfg.eval), mbr_samples=args.samples)
+    # the candidates against each other: bench/mbr_choice.py times the choice against references
+    mbr = dataclasses.replace(GenSettings.from_eval(cfg.eval), mbr_samples=args.samples, mbr_references=0)
     greedy = dataclasses.replace(mbr, mbr_samples=0)
     print(
         f"model {path}; {len(titles)} titles; min/max new tokens {mbr.min_new_tokens}/{mbr.max_new_tokens}, "

@@ -96,6 +96,37 @@ def test_mbr_choice_with_references_scores_the_candidates_against_them_only(metr
     assert sorted(calls) == sorted((c, r) for c in cands for r in refs)  # each candidate × each reference
 
 
+def test_bit_parallel_lcs_equals_the_table_and_rouge_l_the_library():
+    """lcs_length against the textbook table on random token lists with many repeats (small
+    vocabularies, lengths 0-70, so masks cross 64 bits), and the ROUGE-L agreement against
+    rouge_score on random texts with punctuation, case and empty ones."""
+    import random
+
+    from rouge_score import rouge_scorer
+
+    def table(a, b):
+        row = [0] * (len(b) + 1)
+        for x in a:
+            prev = 0
+            for j, y in enumerate(b, 1):
+                prev, row[j] = row[j], prev + 1 if x == y else max(row[j], row[j - 1])
+        return row[-1]
+
+    rng = random.Random(0)
+    for _ in range(400):
+        vocab = "abcdefg"[: rng.randint(1, 7)]
+        a = [rng.choice(vocab) for _ in range(rng.randint(0, 70))]
+        b = [rng.choice(vocab) for _ in range(rng.randint(0, 70))]
+        assert metrics.lcs_length(a, metrics.token_masks(b), len(b)) == table(a, b), (a, b)
+    words = ["The", "mug", "mug,", "holds", "HOT", "tea.", "a", "--", "2-pack", "café", ""]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 30))) for _ in range(60)]
+    library = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    score = metrics.agreement("rougeL")
+    for _ in range(600):
+        cand, other = rng.choice(texts), rng.choice(texts)
+        assert score(cand, other) == pytest.approx(library.score(other, cand)["rougeL"].fmeasure, abs=1e-12)
+
+
 def test_mbr_agreement_is_the_library_score():
     import sacrebleu
     from rouge_score import rouge_scorer
