@@ -159,11 +159,10 @@ class Demo:
         self.template = template
         self.settings = settings
         self.seed = cfg.seed
-        self.references: list[str] = []  # eval.mbr_references: kept for the web page's knobs too
-        if cfg.eval.mbr_references:
-            from prodesc.prepare import reference_descriptions
+        from prodesc.prepare import reference_descriptions
 
-            self.references = reference_descriptions(paths, cfg.eval.mbr_references, cfg.seed)
+        # eval.mbr_references, whatever eval.mbr_samples says: the web page's knobs can turn MBR on
+        self.references = reference_descriptions(paths, cfg.eval.mbr_references, cfg.seed)
         self.source = tuned_source(paths)
         folder = paths.merged if self.source == "merged" else paths.adapter
         self.tokenizer = prepare_for_generation(merge.load_tokenizer(folder, cfg))

@@ -86,7 +86,7 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     rows, available = eval_rows(cfg, paths)
     ckpts = checkpoint_folders(cfg, paths)
     settings = GenSettings.from_eval(cfg.eval)
-    mbr_texts = reference_descriptions(paths, settings.references, cfg.seed) if settings.references else []
+    mbr_texts = reference_descriptions(paths, settings.references, cfg.seed)
     others = compared_runs(cfg, paths, rows, settings, reserved={"base", "tuned", *ckpts})
     out = eval_folder(paths.run, cfg.eval.split)
 
