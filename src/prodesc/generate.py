@@ -73,7 +73,7 @@ class GenSettings:
                 out.pop(knob)
         if out["repetition_scope"] == EvalConfig.repetition_scope:  # likewise
             out.pop("repetition_scope")
-        if not out["mbr_samples"] or not out["mbr_references"]:  # likewise
+        if not self.references:  # likewise: they count only when the candidates are compared with them
             out.pop("mbr_references")
         if not out["mbr_samples"]:  # likewise; the metric matters only with candidates
             out.pop("mbr_samples")

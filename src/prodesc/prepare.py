@@ -133,7 +133,7 @@ def open_prepared(paths: RunPaths, splits: tuple[str, ...], columns: tuple[str, 
 def reference_descriptions(paths: RunPaths, count: int, seed: int) -> list[str]:
     """``count`` descriptions of the prepared training split (all of them when it holds fewer),
     a sample fixed by ``seed``: the real texts that eval.mbr_references compares candidates with.
-    None, and nothing read, when ``count`` is 0 (the setting is off)."""
+    An empty list, and nothing read, when ``count`` is 0 (the setting is off)."""
     if not count:
         return []
     try:
