@@ -419,6 +419,50 @@ def test_sampling_seed_repeats_a_run_and_keys_the_cache(tiny):
     assert cache_key(ident, greedy, t, seed=3) == cache_key(ident, greedy, t)  # greedy: seed unused
 
 
+def test_resumed_sampling_continues_the_interrupted_runs_random_stream(tiny, tmp_path):
+    """An interrupted 03 with sampled candidates, run again, writes what one uninterrupted run
+    writes: each batch's last cache line keeps torch's random state, and the resume starts there."""
+    model, tok = tiny
+    t, s = BUILTIN["chat"], GenSettings(max_new_tokens=8, mbr_samples=2, batch_size=2)  # 1 title a batch
+    key = cache_key({"name": "tiny"}, s, t, seed=5)
+    whole = cached_describe(model, tok, t, _rows(TITLES), s, GenerationCache(tmp_path / "a", "m", key),
+                            progress=False, seed=5)
+
+    def interrupted(folder):
+        with pytest.raises(KeyboardInterrupt):
+            cached_describe(CountingModel(model, fail_on_call=3), tok, t, _rows(TITLES), s,
+                            GenerationCache(folder, "m", key), progress=False, seed=5)
+        cache = GenerationCache(folder, "m", key)
+        assert len(cache.rows) == 2 and cache.resume_state["rows"] == 2
+        return cache
+
+    again = CountingModel(model)
+    out = cached_describe(again, tok, t, _rows(TITLES), s, interrupted(tmp_path / "b"), progress=False, seed=5)
+    assert again.rows == len(TITLES) - 2  # only the missing titles
+    assert out == whole
+    # without the saved state the resume would reseed and sample other texts: the state is what counts
+    interrupted(tmp_path / "c")
+    lines = (tmp_path / "c" / "m.jsonl").read_text().splitlines()
+    stripped = [json.dumps({k: v for k, v in json.loads(x).items() if k != "rng"}) for x in lines[1:]]
+    (tmp_path / "c" / "m.jsonl").write_text("\n".join([lines[0], *stripped]) + "\n")
+    cache = GenerationCache(tmp_path / "c", "m", key)
+    assert cache.resume_state is None
+    kept = sorted(cache.rows)  # the two longest titles: generation runs longest first
+    reseeded = cached_describe(model, tok, t, _rows(TITLES), s, cache, progress=False, seed=5)
+    assert [reseeded[i] for i in kept] == [whole[i] for i in kept] and reseeded != whole
+
+
+def test_a_batch_cut_short_leaves_the_saved_random_state_unused(tmp_path):
+    cache = GenerationCache(tmp_path, "m", "k")
+    row = {"uid": "U", "title": "a", "output": "o", "raw": "o"}
+    cache.add([{**row, "row": 0}, {**row, "row": 1}], rng={"cpu": "AAAA"})
+    assert GenerationCache(tmp_path, "m", "k").resume_state == {"cpu": "AAAA", "rows": 2}
+    cache.add([{**row, "row": 2}])  # a batch whose last line (with its state) never reached the disk
+    assert GenerationCache(tmp_path, "m", "k").resume_state is None
+    cache.add([{**row, "row": 3}], rng={"cpu": "BBBB"})
+    assert GenerationCache(tmp_path, "m", "k").resume_state == {"cpu": "BBBB", "rows": 4}
+
+
 def test_mbr_candidates_cannot_stream(tiny):
     model, tok = tiny
     s = GenSettings(max_new_tokens=4, mbr_samples=2, batch_size=1)

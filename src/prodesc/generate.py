@@ -14,13 +14,16 @@
   with the others.
 - :class:`GenerationCache` keeps generations in a JSON Lines file, one line per row, appended and
   flushed per batch, so an interrupted evaluation resumes with only the missing rows; the file's
-  header holds a hash of (model identity, settings, template) and a change starts a new file.
+  header holds a hash of (model identity, settings, template) and a change starts a new file. When
+  decoding samples, each batch's last line also keeps torch's random state after that batch, and a
+  resumed run continues from it: it samples the same texts as a run that was never interrupted.
 
 torch and transformers are imported inside the functions only.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -216,6 +219,7 @@ def generate_raw(
     streamer: Any = None,
     seed: int | None = None,
     references: Sequence[str] = (),
+    resume_from: dict[str, Any] | None = None,
 ) -> list[str]:
     """Generate for every prompt in batches of ``settings.batch_size``; return the new text.
 
@@ -224,7 +228,9 @@ def generate_raw(
     order of ``prompts``. ``on_batch(indices, texts)`` is called after each batch (the cache).
     ``streamer`` (a transformers ``TextStreamer``, batches of one, no beam search) is passed to
     ``model.generate`` to show the tokens as they come (the demo). ``seed``: set once before the
-    first batch when sampling, so a whole run samples the same text again.
+    first batch when sampling, so a whole run samples the same text again; ``resume_from`` (from
+    :func:`rng_state`, saved after a batch of an interrupted run) then replaces that start, so the
+    run goes on sampling where the interrupted one stopped.
 
     With ``eval.mbr_samples`` = N > 1 each prompt gets N sampled candidates and the text returned
     is the one :func:`prodesc.metrics.mbr_choice` picks; a batch then holds
@@ -255,6 +261,8 @@ def generate_raw(
         from transformers import set_seed
 
         set_seed(seed)
+        if resume_from is not None:
+            set_rng_state(resume_from)
     out: list[str | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     model.eval()
@@ -285,6 +293,33 @@ def generate_raw(
     finally:
         bar.close()
     return [t if t is not None else "" for t in out]
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's random state now (the CPU generator and each initialised CUDA device's), as text
+    that JSON can hold; :func:`set_rng_state` puts it back."""
+    import torch
+
+    def text(state: Any) -> str:
+        return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+
+    state: dict[str, Any] = {"cpu": text(torch.get_rng_state())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [text(s.cpu()) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a state from :func:`rng_state` (CUDA's only where there are as many devices)."""
+    import torch
+
+    def tensor(text: str) -> Any:
+        return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(state["cpu"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all([tensor(s) for s in cuda])
 
 
 def _choose(candidates: list[str], metric: str, references: Sequence[str]) -> str:
@@ -351,7 +386,11 @@ def weights_fingerprint(folder: Path) -> str:
 class GenerationCache:
     """``<label>.jsonl``: a header line ``{"cache_key": ...}``, then ``{"row", "uid", "title",
     "output", "raw"}`` per generated row. A file with another key is set aside as
-    ``<label>.<key[:8]>.jsonl`` (and restored when that key comes back)."""
+    ``<label>.<key[:8]>.jsonl`` (and restored when that key comes back).
+
+    ``add(items, rng=...)`` stores a random state with the batch's last line, together with how many
+    rows the file held then; :attr:`resume_state` gives the latest one back only while the file
+    still holds exactly those rows (a batch cut short by an interruption leaves it unused)."""
 
     def __init__(self, folder: Path, label: str, key: str, meta: dict[str, Any] | None = None) -> None:
         self.path = Path(folder) / f"{label}.jsonl"
@@ -359,6 +398,7 @@ class GenerationCache:
         self.key = key
         self.meta = meta or {}
         self.rows: dict[int, dict[str, Any]] = {}
+        self._rng: dict[str, Any] | None = None
         self._open()
 
     def _aside(self, key: str) -> Path:
@@ -374,7 +414,7 @@ class GenerationCache:
         if _header_key(self.path) != self.key:
             with open(self.path, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps({"cache_key": self.key, **self.meta}, default=str) + "\n")
-        self.rows = _read_rows(self.path)
+        self.rows, self._rng = _read_rows(self.path)
         _end_with_newline(self.path)
 
     def get(self, row: int, title: str) -> str | None:
@@ -383,12 +423,27 @@ class GenerationCache:
             return entry.get("output")
         return None
 
-    def add(self, items: list[dict[str, Any]]) -> None:
-        """Append ``items`` (each with row, uid, title, output, raw) and flush them to disk."""
+    @property
+    def resume_state(self) -> dict[str, Any] | None:
+        """The random state saved after the last complete batch, if it is still the file's last
+        word: every row then in the file is still there and no other row came after it."""
+        if self._rng is not None and self._rng.get("rows") == len(self.rows):
+            return self._rng
+        return None
+
+    def add(self, items: list[dict[str, Any]], rng: dict[str, Any] | None = None) -> None:
+        """Append ``items`` (each with row, uid, title, output, raw) in one write and flush them to
+        disk; ``rng`` (a :func:`rng_state`) goes with the last of them."""
+        if not items:
+            return
+        for item in items:
+            self.rows[int(item["row"])] = item
+        if rng is not None:
+            self._rng = {**rng, "rows": len(self.rows)}
+            items = [*items[:-1], {**items[-1], "rng": self._rng}]
+        text = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
         with open(self.path, "a", encoding="utf-8") as fh:
-            for item in items:
-                fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-                self.rows[int(item["row"])] = item
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -413,8 +468,10 @@ def _end_with_newline(path: Path) -> None:
             fh.write(b"\n")
 
 
-def _read_rows(path: Path) -> dict[int, dict[str, Any]]:
+def _read_rows(path: Path) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
+    """The rows in a cache file and the last random state saved with them."""
     rows: dict[int, dict[str, Any]] = {}
+    rng = None
     with open(path, encoding="utf-8") as fh:
         next(fh, None)
         for line in fh:
@@ -423,7 +480,9 @@ def _read_rows(path: Path) -> dict[int, dict[str, Any]]:
                 rows[int(item["row"])] = item
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by an interruption: that row is generated again
-    return rows
+            if isinstance(item.get("rng"), dict):
+                rng = item["rng"]
+    return rows, rng
 
 
 def cached_describe(
@@ -441,6 +500,7 @@ def cached_describe(
     missing = [r for r in rows if cache.get(r["row"], r["title"]) is None]
     if missing:
         prompts = render_prompts(tokenizer, template, [r["title"] for r in missing])
+        sampled = settings.samples and seed is not None  # keep the random state for a resume
 
         def store(idx: list[int], texts: list[str]) -> None:
             cache.add(
@@ -453,7 +513,8 @@ def cached_describe(
                         "raw": t,
                     }
                     for i, t in zip(idx, texts)
-                ]
+                ],
+                rng=rng_state() if sampled else None,
             )
 
         generate_raw(
@@ -467,5 +528,6 @@ def cached_describe(
             progress=progress,
             seed=seed,
             references=references,
+            resume_from=cache.resume_state if sampled and len(missing) < len(rows) else None,
         )
     return [cache.get(r["row"], r["title"]) or "" for r in rows]
