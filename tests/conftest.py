@@ -48,9 +48,11 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def write_prepared(paths, template_name: str = "chat", n_train: int = 48, n_val: int = 8, n_test: int = 8) -> None:
+def write_prepared(paths, template_name: str = "chat", n_train: int = 48, n_val: int = 8, n_test: int = 8,
+                   extra: tuple[str, ...] = ()) -> None:
     """Run the real stage 01 on ``synthetic_rows`` written as a raw JSON Lines file, into the
-    prepared folder ``paths`` expects (``data.name`` pins the folder name)."""
+    prepared folder ``paths`` expects (``data.name`` pins the folder name); ``extra``: more
+    overrides."""
     from prodesc.config import load_config
     from prodesc.prepare import prepare
 
@@ -60,7 +62,7 @@ def write_prepared(paths, template_name: str = "chat", n_train: int = 48, n_val:
     cfg = load_config("cpu", [
         f"data.source={raw}", f"data.name={paths.prepared_name}", f"data.template={template_name}",
         f"data.train_size={n_train}", f"data.validation_size={n_val}", f"data.test_size={n_test}",
-        "data.dedup=false", "overwrite=true",
+        "data.dedup=false", "overwrite=true", *extra,
     ])
     prepare(cfg, paths)
 

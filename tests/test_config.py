@@ -106,12 +106,17 @@ def test_presets_shipped_are_the_ones_the_product_needs():
     cpu = C.load_config("cpu")
     assert cpu.model.name == C.EMBEDDED_MODEL and cpu.data.source == "bundled"
     quality = C.load_config("cpu-quality")
-    assert quality.model == cpu.model and quality.eval.rows == "all"
+    assert quality.model.name == cpu.model.name and quality.eval.rows == "all"
     assert quality.eval.min_new_tokens == 128 and cpu.eval.min_new_tokens == 0  # chosen on validation
     assert (quality.lora.r, quality.lora.alpha) == (32, 64) and (cpu.lora.r, cpu.lora.alpha) == (16, 32)
     assert (quality.eval.mbr_samples, quality.eval.mbr_metric, quality.eval.do_sample) == (8, "rougeL", False)
     assert quality.eval.mbr_references == 40 and cpu.eval.mbr_references == 0
     assert (quality.eval.temperature, quality.eval.top_p, quality.eval.top_k) == (0.7, 0.95, 0)
+    # the example in the prompt, chosen on validation with the longer rows it needs and the
+    # penalty counting only the output; the other presets keep the title alone
+    assert (quality.data.example_words, quality.model.max_length, quality.eval.repetition_scope) == (80, 512, "output")
+    for name in ("cpu", "t4", "l4", "a100", "flan-t5-base"):
+        assert C.load_config(name).data.example_words == 0, name
     for name in ("cpu", "t4", "l4", "a100"):  # greedy: MBR was measured only on the embedded model
         assert C.load_config(name).eval.mbr_samples == 0, name
     # what the validation sweep chose, carried into every preset that generates descriptions

@@ -133,6 +133,13 @@ class DataConfig:
     """Test rows: a count (>= 1) or a fraction (< 1)."""
     max_malformed_fraction: float = 0.01
     """Stop with an error when more than this fraction of lines is unreadable JSON/UTF-8."""
+    example_words: int = 0
+    """Show each title with an example (0 = off): the training row whose title shares the most
+    words with it (Jaccard; never the row itself), its title and the first this many words of
+    its description. 01 stores each row's example with it (02 and 03 read it there); 04 and the
+    web page search the prepared training split for a new title's, so they need the prepared
+    data. Use eval.repetition_scope=output with it, or the repetition penalty pushes the model
+    away from the example's words. At most 200,000 training rows."""
 
     def __post_init__(self) -> None:
         _check(
@@ -164,6 +171,7 @@ class DataConfig:
         _check(
             0.0 <= self.max_malformed_fraction <= 1.0, "data.max_malformed_fraction", "must be in [0, 1]"
         )
+        _check(self.example_words >= 0, "data.example_words", "must be >= 0 (0 = no example)")
 
 
 @dataclass
@@ -347,10 +355,25 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
 
+    def identity(self, section: str) -> dict[str, Any]:
+        """One section's values as they count in artifact names and fingerprints: a setting
+        added later (:data:`LATER_SETTINGS`) counts only when it differs from its default, so
+        adding it renamed nothing that was prepared before."""
+        values = dataclasses.asdict(getattr(self, section))
+        for key, default in LATER_SETTINGS.get(section, {}).items():
+            if values[key] == default:
+                del values[key]
+        return values
+
     def fingerprint(self, section: str) -> str:
         """A stable hash of one section's values (used to name and validate artifacts)."""
-        blob = json.dumps(dataclasses.asdict(getattr(self, section)), sort_keys=True)
+        blob = json.dumps(self.identity(section), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+LATER_SETTINGS: dict[str, dict[str, Any]] = {"data": {"example_words": 0}}
+"""Settings (by section) added after artifacts named by :meth:`Config.fingerprint` existed, with
+the default that leaves them out of it."""
 
 
 SECTIONS: dict[str, type] = {

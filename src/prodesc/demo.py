@@ -13,7 +13,8 @@ side (one after the other in a narrow terminal). Decoding: eval.max_new_tokens,
 eval.min_new_tokens, eval.eos_bias, eval.num_beams, eval.do_sample, eval.temperature,
 eval.top_p, eval.top_k, eval.repetition_penalty, eval.repetition_scope, eval.no_repeat_ngram_size,
 eval.mbr_samples, eval.mbr_metric, eval.mbr_references (which reads the prepared training split);
-`seed` is set before every generation, so it fixes sampling.
+`seed` is set before every generation, so it fixes sampling. A model trained with
+data.example_words gets each title with its example from the prepared training split, as in 03.
 
     python src/04_quick_demo.py "Acme Stainless Water Bottle 500 ml" eval.do_sample=true seed=7
     python src/04_quick_demo.py --titles-file my_titles.txt --no-base
@@ -163,6 +164,7 @@ class Demo:
 
         # eval.mbr_references, whatever eval.mbr_samples says: the web page's knobs can turn MBR on
         self.references = reference_descriptions(paths, cfg.eval.mbr_references, cfg.seed)
+        self.examples = example_finder(cfg, paths, template)
         self.source = tuned_source(paths)
         folder = paths.merged if self.source == "merged" else paths.adapter
         self.tokenizer = prepare_for_generation(merge.load_tokenizer(folder, cfg))
@@ -202,18 +204,43 @@ class Demo:
         set_seed(self.seed if seed is None else seed)
         with off:
             outputs = describe(
-                model, self.tokenizer, self.template, [title], settings,
+                model, self.tokenizer, self.template, [title], settings, [self.example(title)],
                 progress=False, streamer=streamer, references=self.references,
             )
         return outputs[0]
 
+    def example(self, title: str) -> Any:
+        """The example shown with ``title`` (data.example_words), or None."""
+        return self.examples.example(title) if self.examples is not None else None
+
     def show(self, title: str) -> None:
         print(f"\n=== {title}", flush=True)
+        example = self.example(title)
+        if example is not None:
+            print(f"(example in the prompt: {example[0]})", flush=True)
         print(f"{TUNED_HEADER} (streaming):" if self.stream else f"{TUNED_HEADER}: generating...", flush=True)
         tuned = self.generate(title, base=False)
         print(flush=True)
         base = self.generate(title, base=True) if self.base is not None else None
         print(layout(tuned, base, terminal_width()), flush=True)
+
+
+def example_finder(cfg: Config, paths: RunPaths, template: Any) -> Any:
+    """With data.example_words, the prepared training split's titles and descriptions to find
+    each title's example in (:class:`prodesc.retrieval.ExampleFinder`); else None."""
+    if not template.example_words:
+        return None
+    from prodesc.merge import check_examples
+    from prodesc.prepare import open_prepared
+    from prodesc.retrieval import ExampleFinder
+
+    check_examples(cfg, template)
+    try:
+        _, data = open_prepared(paths, ("train",), ("title", "content"))
+    except UserError as err:
+        raise UserError(f"the adapter's prompt shows an example from the training split (data.example_words): {err}") from None
+    train = data["train"]
+    return ExampleFinder(train["title"], train["content"], template.example_words)
 
 
 # --------------------------------------------------------------------------- layout

@@ -37,6 +37,7 @@ from prodesc import family, metrics
 from prodesc.config import EvalConfig
 from prodesc.errors import UserError
 from prodesc.models import prepare_tokenizer
+from prodesc.retrieval import Example
 from prodesc.templates import PromptTemplate
 
 CACHE_FORMAT = 1
@@ -187,18 +188,28 @@ def prepare_for_generation(tokenizer: Any, fam: family.Family = family.CAUSAL) -
     return prepare_tokenizer(tokenizer, padding_side=fam.generation_padding_side)
 
 
-def render_prompts(tokenizer: Any, template: PromptTemplate, titles: Iterable[str]) -> list[str]:
-    """Prompt strings for ``titles``, as the model saw them in training."""
+def render_prompts(
+    tokenizer: Any,
+    template: PromptTemplate,
+    titles: Iterable[str],
+    examples: Sequence[Example | None] | None = None,
+) -> list[str]:
+    """Prompt strings for ``titles`` (with data.example_words, ``examples[i]`` is title i's
+    example, :mod:`prodesc.retrieval`), as the model saw them in training."""
+    titles = list(titles)
+    examples = list(examples) if examples is not None else [None] * len(titles)
+    if template.example_words and len(examples) != len(titles):
+        raise ValueError(f"{len(titles)} titles but {len(examples)} examples")
     if template.kind == "text":
-        return [template.format_prompt(t) for t in titles]
+        return [template.format_prompt(t, e) for t, e in zip(titles, examples)]
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"prompt template '{template.name}' is a chat template but this model's tokenizer has none "
             "(e.g. FLAN-T5): train with a text template such as data.template=ptbr_qa or descfmt"
         )
     return [
-        tokenizer.apply_chat_template(template.format_prompt(t), add_generation_prompt=True, tokenize=False)
-        for t in titles
+        tokenizer.apply_chat_template(template.format_prompt(t, e), add_generation_prompt=True, tokenize=False)
+        for t, e in zip(titles, examples)
     ]
 
 
@@ -332,10 +343,12 @@ def describe(
     template: PromptTemplate,
     titles: Sequence[str],
     settings: GenSettings,
+    examples: Sequence[Example | None] | None = None,
     **kw: Any,
 ) -> list[str]:
-    """Descriptions for ``titles`` (the completion prefix such as "Description:" stripped)."""
-    prompts = render_prompts(tokenizer, template, titles)
+    """Descriptions for ``titles`` (the completion prefix such as "Description:" stripped);
+    ``examples``: their examples with data.example_words."""
+    prompts = render_prompts(tokenizer, template, titles, examples)
     raw = generate_raw(model, tokenizer, prompts, settings, add_special_tokens=template.kind == "text", **kw)
     return [template.extract(r) for r in raw]
 
@@ -496,10 +509,13 @@ def cached_describe(
     seed: int | None = None,
     references: Sequence[str] = (),
 ) -> list[str]:
-    """Descriptions for ``rows`` (each with row, uid, title), generating only rows not in ``cache``."""
+    """Descriptions for ``rows`` (each with row, uid, title, and example with data.example_words),
+    generating only rows not in ``cache``."""
     missing = [r for r in rows if cache.get(r["row"], r["title"]) is None]
     if missing:
-        prompts = render_prompts(tokenizer, template, [r["title"] for r in missing])
+        prompts = render_prompts(
+            tokenizer, template, [r["title"] for r in missing], [r.get("example") for r in missing]
+        )
         sampled = settings.samples and seed is not None  # keep the random state for a resume
 
         def store(idx: list[int], texts: list[str]) -> None:

@@ -83,7 +83,7 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     template = adapter_template(paths)
     model_path = base_model_path(cfg, paths)
     check_same_base(adapter_base(paths), model_path, cfg.model.name)
-    rows, available = eval_rows(cfg, paths)
+    rows, available = eval_rows(cfg, paths, template)
     ckpts = checkpoint_folders(cfg, paths)
     settings = GenSettings.from_eval(cfg.eval)
     mbr_texts = reference_descriptions(paths, settings.references, cfg.seed)
@@ -91,7 +91,10 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     out = eval_folder(paths.run, cfg.eval.split)
 
     # work
-    check = ensure_merged(cfg, paths, model_path, template, [r["title"] for r in rows[:CHECK_ROWS]])
+    check = ensure_merged(
+        cfg, paths, model_path, template, [r["title"] for r in rows[:CHECK_ROWS]],
+        [r.get("example") for r in rows[:CHECK_ROWS]],
+    )
     outputs, identities = generate_all(
         cfg, paths, model_path, template, rows, settings, ckpts, out, mbr_texts
     )
@@ -219,19 +222,45 @@ def check_same_base(recorded: str, model_path: str, model_name: str) -> None:
     )
 
 
-def eval_rows(cfg: Config, paths: RunPaths) -> tuple[list[dict[str, Any]], int]:
-    """The rows of ``eval.split`` to evaluate (row index, uid, title, content) and how many the
-    split holds."""
+def eval_rows(
+    cfg: Config, paths: RunPaths, template: templates.PromptTemplate
+) -> tuple[list[dict[str, Any]], int]:
+    """The rows of ``eval.split`` to evaluate (row index, uid, title, content, and the example
+    01 stored when the adapter's ``template`` shows one) and how many the split holds."""
     split = cfg.eval.split
-    _, data = open_prepared(paths, (split,), ("uid", "title", "content"))
+    check_examples(cfg, template)
+    columns = ["uid", "title", "content"]
+    if template.example_words:
+        columns += ["example_title", "example_content"]
+        try:
+            _, data = open_prepared(paths, (split,), tuple(columns))
+        except UserError as err:
+            raise UserError(f"the adapter's prompt shows an example (data.example_words): {err}") from None
+    else:
+        _, data = open_prepared(paths, (split,), tuple(columns))
     test = data[split]
     if len(test) == 0:
         raise UserError(
             f"{paths.prepared_dataset} has no {split} rows: run 01_prepare.py with data.{split}_size > 0"
         )
     picked = select_rows(len(test), cfg.eval.rows, cfg.seed)
-    cols = test.select(picked).select_columns(["uid", "title", "content"]).to_list()
-    return [{"row": i, **c} for i, c in zip(picked, cols)], len(test)
+    rows = []
+    for i, c in zip(picked, test.select(picked).select_columns(columns).to_list()):
+        if template.example_words:
+            title, content = c.pop("example_title"), c.pop("example_content")
+            c["example"] = None if title is None else (title, content)
+        rows.append({"row": i, **c})
+    return rows, len(test)
+
+
+def check_examples(cfg: Config, template: templates.PromptTemplate) -> None:
+    """The adapter was trained with the data.example_words of ``cfg`` (03 and 04 find its examples
+    in the prepared data that setting names)."""
+    if cfg.data.example_words != template.example_words:
+        raise UserError(
+            f"the adapter was trained with data.example_words={template.example_words} but the config "
+            f"says {cfg.data.example_words}: set data.example_words={template.example_words}"
+        )
 
 
 def select_rows(total: int, wanted: int | str, seed: int) -> list[int]:
@@ -378,9 +407,15 @@ def fix_generation_config(model: Any, tokenizer: Any) -> None:
 
 
 def ensure_merged(
-    cfg: Config, paths: RunPaths, model_path: str, template: templates.PromptTemplate, titles: list[str]
+    cfg: Config,
+    paths: RunPaths,
+    model_path: str,
+    template: templates.PromptTemplate,
+    titles: list[str],
+    examples: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Merge unless merged_fp16/ is current; return the merge check (stored in merge_check.json)."""
+    """Merge unless merged_fp16/ is current; return the merge check (stored in merge_check.json),
+    made on ``titles`` (with their ``examples`` when the template shows one)."""
     if merged_is_current(paths) and not cfg.overwrite:
         log(f"already merged: {paths.merged} (overwrite=true to redo)")
         return _read_json(paths.merged / MERGE_CHECK)
@@ -398,7 +433,7 @@ def ensure_merged(
     needed = estimated_bytes(base)
     check_disk_space(paths.root, needed)
     peft_model = with_adapter(base, paths.adapter)
-    before = describe(peft_model, tokenizer, template, titles, settings, progress=False)
+    before = describe(peft_model, tokenizer, template, titles, settings, examples, progress=False)
     merged = peft_model.merge_and_unload()
     fix_generation_config(merged, tokenizer)
     with atomic.build_dir(paths.merged, overwrite=True) as tmp:
@@ -409,7 +444,7 @@ def ensure_merged(
         free(merged, peft_model, base)
         del merged, peft_model, base
         reloaded = load_model(tmp, cfg)
-        after = describe(reloaded, tokenizer, template, titles, settings, progress=False)
+        after = describe(reloaded, tokenizer, template, titles, settings, examples, progress=False)
         free(reloaded)
         del reloaded
         check = merge_check_record(cfg, paths, model_path, titles, before, after, saved_dtype, needed, start)

@@ -10,8 +10,10 @@ JSON Lines such as trn.json are parsed by pyarrow in blocks of lines, on every c
 file; other files are read line by line, with the same result. A seeded
 hash of each (title, content) pair then picks the subsample and the train/validation/test splits,
 so the same data and seed give the same splits whatever the file's order, format or compression.
-The result appears under its final name only when complete; re-running with the same settings
-skips the work (overwrite=true redoes it).
+With data.example_words, every row also gets its example: the training row whose title shares
+the most words with its own (never itself), stored as example_title/example_content and shown in
+its prompt (prodesc.retrieval). The result appears under its final name only when complete;
+re-running with the same settings skips the work (overwrite=true redoes it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from prodesc.config import Config
 from prodesc.errors import DataError, UserError
 from prodesc.paths import RunPaths
 from prodesc.rawdata import FastPathUnavailable, RawReader, clean_arrow, clean_text, read_block, row_fields
+from prodesc.retrieval import MAX_TRAIN_ROWS, Example, TitleIndex, cut
 from prodesc.templates import PromptTemplate, template_for
 
 BUNDLED_SAMPLE = Path(__file__).resolve().parent / "data" / "sample_trn.jsonl"
@@ -80,7 +83,7 @@ def fingerprint(cfg: Config, source: Path, template: PromptTemplate) -> str:
     """Identity of a prepared dataset: settings, seed, template and the source file's size."""
     blob = json.dumps(
         {
-            "data": {k: v for k, v in cfg.to_dict()["data"].items() if k != "name"},
+            "data": {k: v for k, v in cfg.identity("data").items() if k != "name"},
             "seed": cfg.seed,
             "template": template.to_dict(),
             "source": str(source),
@@ -566,17 +569,44 @@ def split_rows(parts: list[Path], selected, bounds, dedup: bool) -> Iterator[tup
                 yield names[split], uid, title, content
 
 
+def find_examples(rows: Iterator[tuple[str, str, str, str]], words: int) -> dict[str, list[Example | None]]:
+    """data.example_words: each selected row's example (by split, in the order of ``rows``), the
+    most similar training row's title and first ``words`` words of description; a training row
+    never gets itself. None where there is none (a training split of one row)."""
+    from tqdm.auto import tqdm
+
+    titles: dict[str, list[str]] = {s: [] for s in SPLITS}
+    contents: list[str] = []
+    for split, _, title, content in rows:
+        titles[split].append(title)
+        if split == "train":
+            contents.append(content)
+    index = TitleIndex(titles["train"])
+    out: dict[str, list[Example | None]] = {}
+    with tqdm(total=sum(map(len, titles.values())), desc="01 examples", unit="row", disable=None) as bar:
+        for split in SPLITS:
+            own = list(range(len(titles[split]))) if split == "train" else None
+            found = index.nearest(titles[split], exclude=own, progress=bar.update)
+            out[split] = [None if r < 0 else (titles["train"][r], cut(contents[r], words)) for r in found]
+    return out
+
+
 def write_dataset(
-    rows: Iterator[tuple[str, str, str, str]], template: PromptTemplate, out: Path, scratch: Path
+    rows: Iterator[tuple[str, str, str, str]],
+    template: PromptTemplate,
+    out: Path,
+    scratch: Path,
+    examples: dict[str, list[Example | None]] | None = None,
 ) -> dict[str, int]:
     """Write the selected rows as a ``datasets.DatasetDict`` (Arrow) with prompt/completion
-    columns formatted by ``template``; return the rows per split. Each split is streamed to an
-    Arrow file in record batches (memory stays flat), memory-mapped, and saved."""
+    columns formatted by ``template`` (with ``examples``, from :func:`find_examples`, also their
+    example_title/example_content columns); return the rows per split. Each split is streamed
+    to an Arrow file in record batches (memory stays flat), memory-mapped, and saved."""
     import datasets
     import pyarrow as pa
 
     datasets.disable_progress_bars()
-    features = dataset_features(template)
+    features = dataset_features(template, with_examples=examples is not None)
     schema = features.arrow_schema
     files = {s: scratch / f"{s}.arrow" for s in SPLITS}
     sinks = {s: pa.OSFile(str(path), "wb") for s, path in files.items()}
@@ -591,13 +621,14 @@ def write_dataset(
 
     try:
         for split, uid, title, content in rows:
-            pending[split].append({
-                "uid": uid,
-                "title": title,
-                "content": content,
-                "prompt": template.format_prompt(title),
-                "completion": template.format_completion(content),
-            })
+            row = {"uid": uid, "title": title, "content": content}
+            example = None
+            if examples is not None:
+                example = examples[split][counts[split]]
+                row["example_title"], row["example_content"] = example or (None, None)
+            row["prompt"] = template.format_prompt(title, example)
+            row["completion"] = template.format_completion(content)
+            pending[split].append(row)
             counts[split] += 1
             if len(pending[split]) >= SPILL_BATCH:
                 flush(split)
@@ -619,13 +650,16 @@ def write_dataset(
     return counts
 
 
-def dataset_features(template: PromptTemplate):
+def dataset_features(template: PromptTemplate, with_examples: bool = False):
     from datasets import Features, List, Value
 
     text = Value("string")
     message = {"role": text, "content": text}
     turn = List(message) if template.kind == "chat" else text
-    return Features({"uid": text, "title": text, "content": text, "prompt": turn, "completion": turn})
+    columns = {"uid": text, "title": text, "content": text}
+    if with_examples:
+        columns |= {"example_title": text, "example_content": text}
+    return Features({**columns, "prompt": turn, "completion": turn})
 
 
 # --------------------------------------------------------------------------- the stage
@@ -666,8 +700,18 @@ def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any
             log(f"data.subsample={cfg.data.subsample} but only {stats.kept} usable rows: using all")
         counts = split_counts(cfg, available)
         selected, bounds = assign_splits(keys, counts)
+        examples = None
+        if template.example_words:
+            if counts["train"] > MAX_TRAIN_ROWS:
+                raise UserError(
+                    f"data.example_words compares every title with all {counts['train']:,} training titles: "
+                    f"set data.train_size to at most {MAX_TRAIN_ROWS:,}, or data.example_words=0"
+                )
+            examples = find_examples(
+                split_rows(parts, selected, bounds, cfg.data.dedup), template.example_words
+            )
         written = write_dataset(
-            split_rows(parts, selected, bounds, cfg.data.dedup), template, tmp / "dataset", scratch
+            split_rows(parts, selected, bounds, cfg.data.dedup), template, tmp / "dataset", scratch, examples
         )
         assert written == counts, (written, counts)  # every selected key maps to one row
         manifest = {

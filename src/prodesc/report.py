@@ -40,13 +40,16 @@ EXAMPLES = 20
 def side_by_side_rows(
     rows: Sequence[dict[str, Any]], outputs: dict[str, list[str]], rouge_l: dict[str, list[float]]
 ) -> list[dict[str, Any]]:
-    """One dict per evaluated row: uid, title, reference, <label>_output..., rougeL_<label>...,
-    rougeL_delta (tuned - base). ``outputs``/``rouge_l`` are keyed by model label; base and tuned
-    come first."""
+    """One dict per evaluated row: uid, title, (example_title: the example in the prompt, with
+    data.example_words), reference, <label>_output..., rougeL_<label>..., rougeL_delta (tuned -
+    base). ``outputs``/``rouge_l`` are keyed by model label; base and tuned come first."""
     labels = list(outputs)
     table = []
     for i, row in enumerate(rows):
-        item: dict[str, Any] = {"uid": row["uid"], "title": row["title"], "reference": row["content"]}
+        item: dict[str, Any] = {"uid": row["uid"], "title": row["title"]}
+        if "example" in row:
+            item["example_title"] = row["example"][0] if row["example"] else ""
+        item["reference"] = row["content"]
         for label in labels:
             item[f"{label}_output"] = outputs[label][i]
         for label in labels:

@@ -18,7 +18,7 @@ Your own template is a YAML file with the fields of :class:`PromptTemplate`, e.g
 from __future__ import annotations
 
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,10 @@ class PromptTemplate:
     """The assistant reply (chat) or the completion text (text); must contain {content}."""
     system: str = ""
     """The system message (chat only; empty = none)."""
+    example_words: int = 0
+    """Set from data.example_words by 01, not in a template file: with > 0 each title is followed
+    by an example, the most similar training product's title and the first this many words of
+    its description (:mod:`prodesc.retrieval`). 0 = the title alone."""
 
     def __post_init__(self) -> None:
         where = f"prompt template '{self.name}'"
@@ -53,14 +57,23 @@ class PromptTemplate:
         _check_fields(where, "system", self.system, set(), required=None)
         if self.kind == "text" and self.system:
             raise ConfigError(f"{where}: 'system' is only for kind: chat")
+        if not isinstance(self.example_words, int) or self.example_words < 0:
+            raise ConfigError(f"{where}: example_words must be a whole number >= 0, got {self.example_words!r}")
 
-    def format_prompt(self, title: str) -> Any:
-        """The model input for ``title``: a list of messages (chat) or a string (text)."""
-        user = self.prompt.format(title=title)
+    def format_prompt(self, title: str, example: tuple[str, str] | None = None) -> Any:
+        """The model input for ``title``: a list of messages (chat) or a string (text). With
+        example_words, ``example`` is the (title, cut description) shown after it, if any."""
+        user = self.prompt.format(title=self.title_text(title, example))
         if self.kind == "text":
             return user
         messages = [{"role": "system", "content": self.system}] if self.system else []
         return messages + [{"role": "user", "content": user}]
+
+    def title_text(self, title: str, example: tuple[str, str] | None) -> str:
+        """What fills {title}: the title, followed by the example when there is one."""
+        if not self.example_words or example is None:
+            return title
+        return f"{title}\n\n{EXAMPLE_INTRO}\nTitle: {example[0]}\nDescription: {example[1]}"
 
     def format_completion(self, content: str) -> Any:
         """The training target for ``content``, in the same form as :meth:`format_prompt`."""
@@ -82,8 +95,13 @@ class PromptTemplate:
             text = text[len(prefix):].strip()
         return text
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The template as stored in manifests and adapters (and hashed into their identities);
+        example_words only when on, so templates without an example keep their identity."""
+        out = asdict(self)
+        if not self.example_words:
+            out.pop("example_words")
+        return out
 
 
 def _check_fields(where: str, part: str, text: str, allowed: set[str], required: str | None) -> None:
@@ -100,6 +118,8 @@ def _check_fields(where: str, part: str, text: str, allowed: set[str], required:
     if required and required not in names:
         raise ConfigError(f"{where}: {part} must contain {{{required}}}")
 
+
+EXAMPLE_INTRO = "A similar product in the store, for reference:"
 
 SYSTEM = (
     "You write product descriptions for an online store. Given a product title, write the "
@@ -145,16 +165,19 @@ BUILTIN: dict[str, PromptTemplate] = {
 
 
 def template_for(cfg: "Config", paths: "RunPaths") -> PromptTemplate:
-    """The template named by ``data.template``: built-in, or a YAML file (relative = in the root)."""
+    """The template named by ``data.template`` (built-in, or a YAML file, relative = in the
+    root), with ``data.example_words``."""
     spec = cfg.data.template
     if spec in BUILTIN:
-        return BUILTIN[spec]
-    if Path(spec).suffix not in (".yaml", ".yml"):
+        template = BUILTIN[spec]
+    elif Path(spec).suffix not in (".yaml", ".yml"):
         raise ConfigError(
             f"unknown prompt template '{spec}' (data.template): choose one of "
             f"{', '.join(BUILTIN)} or give a path to a .yaml template file"
         )
-    return load_template_file(paths.inside_root(spec, "data.template"))
+    else:
+        template = load_template_file(paths.inside_root(spec, "data.template"))
+    return replace(template, example_words=cfg.data.example_words)
 
 
 def load_template_file(path: Path) -> PromptTemplate:
@@ -167,17 +190,22 @@ def load_template_file(path: Path) -> PromptTemplate:
         raise ConfigError(f"prompt template file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"prompt template file {path} must be a mapping of fields")
+    if "example_words" in raw:
+        raise ConfigError(f"prompt template file {path}: remove example_words and set data.example_words instead")
     return from_dict({"name": path.stem, **raw}, where=str(path))
 
 
 def from_dict(raw: dict[str, Any], where: str = "template") -> PromptTemplate:
     """Rebuild a template (from a manifest or a YAML file), rejecting unknown fields."""
-    known = {"name", "kind", "prompt", "completion", "system"}
+    known = {"name", "kind", "prompt", "completion", "system", "example_words"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown template field '{unknown[0]}' (known: {', '.join(sorted(known))})")
     for key, value in raw.items():
-        if not isinstance(value, str):
+        if key == "example_words":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{where}: template field 'example_words' must be a whole number, got {value!r}")
+        elif not isinstance(value, str):
             raise ConfigError(f"{where}: template field '{key}' must be text, got {value!r}")
     if "kind" not in raw or "prompt" not in raw:
         raise ConfigError(f"{where}: a template needs at least 'kind' and 'prompt'")
