@@ -243,11 +243,26 @@ def test_training_and_evaluation_show_the_example(example_run, monkeypatch):
 
 
 def test_settings_that_disagree_with_the_adapter_are_refused(example_run, capsys):
+    """03 with another data.example_words than the adapter's, or on prepared data without the
+    examples (written by other code under the same name): one line naming the setting, exit 2."""
+    import shutil
+
+    from datasets import load_from_disk
+
     from prodesc import merge
 
     overrides, paths = example_run
     assert merge.main(["--preset", "cpu", *overrides, "data.example_words=0"]) == 2
     assert "the adapter was trained with data.example_words=4 but the config says 0: set data.example_words=4" in capsys.readouterr().err
+    data = load_from_disk(str(paths.prepared_dataset))
+    data["test"] = data["test"].remove_columns(["example_title", "example_content"])
+    data.save_to_disk(str(paths.prepared / "dataset.new"))
+    shutil.rmtree(paths.prepared_dataset)
+    (paths.prepared / "dataset.new").rename(paths.prepared_dataset)
+    assert merge.main(["--preset", "cpu", *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the adapter's prompt shows an example (data.example_words): ")
+    assert "lacks column 'example_content'" in err
 
 
 def test_demo_finds_the_example_in_the_training_split(example_run, monkeypatch, capsys):

@@ -229,15 +229,13 @@ def eval_rows(
     01 stored when the adapter's ``template`` shows one) and how many the split holds."""
     split = cfg.eval.split
     check_examples(cfg, template)
-    columns = ["uid", "title", "content"]
-    if template.example_words:
-        columns += ["example_title", "example_content"]
-        try:
-            _, data = open_prepared(paths, (split,), tuple(columns))
-        except UserError as err:
-            raise UserError(f"the adapter's prompt shows an example (data.example_words): {err}") from None
-    else:
+    columns = ["uid", "title", "content"] + (["example_title", "example_content"] if template.example_words else [])
+    try:
         _, data = open_prepared(paths, (split,), tuple(columns))
+    except UserError as err:
+        if not template.example_words:
+            raise
+        raise UserError(f"the adapter's prompt shows an example (data.example_words): {err}") from None
     test = data[split]
     if len(test) == 0:
         raise UserError(
