@@ -137,6 +137,9 @@ def test_prepare_stores_each_rows_example(tmp_path):
     write_prepared(paths, n_train=30, n_val=6, n_test=6, extra=("data.example_words=4",))
     manifest, data = open_prepared(paths, ("train", "validation", "test"), ("example_title", "example_content"))
     assert manifest["template"]["example_words"] == 4
+    from prodesc.prepare import format_manifest
+
+    assert "template: chat + an example of 4 words   took" in format_manifest(manifest)
     train = data["train"]
     by_title = {}
     for title, content in zip(train["title"], train["content"]):

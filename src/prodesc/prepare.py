@@ -772,7 +772,9 @@ def format_manifest(manifest: dict[str, Any]) -> str:
     rows += [(f"  {s}", n) for s, n in manifest["splits"].items()]
     width = max(len(label) for label, _ in rows)
     lines = [f"{label:<{width}}  {value:>10,}" for label, value in rows]
-    lines.append(f"template: {manifest['template']['name']}   took {manifest['duration_s']} s")
+    words = manifest["template"].get("example_words")
+    example = f" + an example of {words} words" if words else ""
+    lines.append(f"template: {manifest['template']['name']}{example}   took {manifest['duration_s']} s")
     return "\n".join(lines)
 
 
