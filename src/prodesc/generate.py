@@ -198,7 +198,7 @@ def render_prompts(
     example, :mod:`prodesc.retrieval`), as the model saw them in training."""
     titles = list(titles)
     examples = list(examples) if examples is not None else [None] * len(titles)
-    if template.example_words and len(examples) != len(titles):
+    if len(examples) != len(titles):
         raise ValueError(f"{len(titles)} titles but {len(examples)} examples")
     if template.kind == "text":
         return [template.format_prompt(t, e) for t, e in zip(titles, examples)]
