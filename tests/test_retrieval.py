@@ -288,6 +288,34 @@ def test_demo_finds_the_example_in_the_training_split(example_run, monkeypatch, 
     assert err.startswith("error: the adapter's prompt shows an example from the training split (data.example_words): no prepared data")
 
 
+def test_web_page_shows_the_example_in_the_prompt(example_run):
+    """The page built over a demo with examples has an example box, and its handler fills it with
+    the example the prompt holds (what 04 prints), next to the descriptions."""
+    from prodesc import merge, web
+    from prodesc.demo import Demo
+    from prodesc.generate import GenSettings
+    from prodesc.prepare import open_prepared
+
+    overrides, paths = example_run
+    cfg, _ = stage_paths(overrides)
+    demo = Demo(cfg, paths, merge.base_model_path(cfg, paths), merge.adapter_template(paths),
+                GenSettings.from_eval(cfg.eval), with_base=False)
+    train = open_prepared(paths, ("train",), ())[1]["train"]
+    title = "Acme Compact Water Bottle 500 ml"
+    want = brute_nearest(train["title"], [title])[0]
+    app = web.build_app(demo, cfg, [])
+    assert "example-output" in {c.get("props", {}).get("elem_id") for c in app.get_config_file()["components"]}
+    handler = next(f.fn for f in app.fns.values() if len(f.outputs) == 3)
+    values = [cfg.seed if k.name == "seed" else getattr(cfg.eval, k.name) for k in web.KNOBS]
+    *_, (base, tuned, shown) = handler(f"  {title} ", *values)
+    assert shown == f"{train['title'][want]}\n\n{retrieval.cut(train['content'][want], 4)}"
+    assert base == web.NO_BASE and tuned
+    demo.examples = None  # a model trained on the title alone: no box, (base, tuned) only
+    assert "example-output" not in {
+        c.get("props", {}).get("elem_id") for c in web.build_app(demo, cfg, []).get_config_file()["components"]
+    }
+
+
 def test_synthetic_rows_mostly_find_a_related_example():
     """Guards the fixtures above: the synthetic titles share words, so examples are not arbitrary."""
     rows = synthetic_rows(40)

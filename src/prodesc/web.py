@@ -3,7 +3,8 @@
 A title box, every decoding knob of the ``eval`` section plus the seed, and the base and fine-tuned
 descriptions side by side; the fine-tuned one streams in as it is generated (greedy or sampling;
 beam search and eval.mbr_samples show it when done). Example titles come from the test split of
-the prepared data.
+the prepared data. A model trained with data.example_words sees each title with an example (the
+most similar product of the training split): the page shows it under the descriptions.
 
 The page calls :meth:`prodesc.demo.Demo.generate`, the same code as the command line, so a title
 gives the same description on both. gradio is imported inside the functions only.
@@ -86,6 +87,13 @@ def settings_from(cfg: Config, values: dict[str, Any]) -> tuple[Any, int]:
     return dataclasses.replace(GenSettings.from_eval(section), batch_size=1), seed
 
 
+def example_text(demo: Any, title: str) -> str:
+    """The example ``demo`` puts in ``title``'s prompt (data.example_words), as the page shows it:
+    its title, a blank line, the words of its description the model reads; "" when none."""
+    example = demo.example(title.strip())
+    return "" if example is None else f"{example[0]}\n\n{example[1]}"
+
+
 class Describer:
     """Turns one page request into (base, fine-tuned) texts, streaming the fine-tuned one."""
 
@@ -152,9 +160,12 @@ def build_app(demo: Any, cfg: Config, examples: list[str]) -> Any:
     import gradio as gr
 
     describer = Describer(demo, cfg)
+    with_example = demo.examples is not None  # data.example_words: show what the prompt holds
 
-    def describe(title: str, *knob_values: Any) -> Iterator[tuple[str, str]]:
-        yield from describer(title, *knob_values)  # gradio streams only a generator *function*
+    def describe(title: str, *knob_values: Any) -> Iterator[tuple[str, ...]]:
+        shown = example_text(demo, title or "") if with_example else ""
+        for pair in describer(title, *knob_values):  # gradio streams only a generator *function*
+            yield (*pair, shown) if with_example else pair
 
     with gr.Blocks(title="prodesc demo", analytics_enabled=False) as app:
         gr.Markdown(
@@ -168,12 +179,18 @@ def build_app(demo: Any, cfg: Config, examples: list[str]) -> Any:
         with gr.Row():
             base = gr.Textbox(label="base model", elem_id="base-output", lines=8, interactive=False)
             tuned = gr.Textbox(label="fine-tuned", elem_id="tuned-output", lines=8, interactive=False)
+        outputs = [base, tuned]
+        if with_example:
+            outputs.append(gr.Textbox(
+                label="example in the prompt: the most similar training product (data.example_words)",
+                elem_id="example-output", lines=3, interactive=False,
+            ))
         with gr.Accordion("decoding settings", open=False):
             knobs = [knob_component(k, cfg) for k in KNOBS]
         if examples:
             gr.Examples(examples=[[t] for t in examples], inputs=[title], label="titles from the test split")
-        go.click(describe, inputs=[title, *knobs], outputs=[base, tuned])
-        title.submit(describe, inputs=[title, *knobs], outputs=[base, tuned])
+        go.click(describe, inputs=[title, *knobs], outputs=outputs)
+        title.submit(describe, inputs=[title, *knobs], outputs=outputs)
     return app
 
 
