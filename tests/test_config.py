@@ -120,6 +120,10 @@ def test_presets_shipped_are_the_ones_the_product_needs():
         assert (got.data.example_words, got.model.max_length, got.eval.repetition_scope) == (80, 512, "output"), name
     for name in ("cpu", "flan-t5-base"):
         assert C.load_config(name).data.example_words == 0, name
+    with pytest.raises(ConfigError, match="data.train_size' is 500,000 but data.example_words .* at most 200,000"):
+        C.load_config("t4", ["data.train_size=500000"])  # refused before 01 reads the whole file
+    assert C.load_config("t4", ["data.train_size=500000", "data.example_words=0"]).data.train_size == 500000
+    assert C.load_config("t4", ["data.train_size=200000"]).data.example_words == 80
     for name in ("cpu", "t4", "l4", "a100"):  # greedy: MBR was measured only on the embedded model
         assert C.load_config(name).eval.mbr_samples == 0, name
     # what the validation sweep chose, carried into every preset that generates descriptions

@@ -36,6 +36,7 @@ import yaml
 from prodesc.embedded import EMBEDDED_MODEL
 from prodesc.errors import ConfigError
 from prodesc.hardware import detect_gpu
+from prodesc.retrieval import MAX_TRAIN_ROWS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this package runs from (``src/prodesc`` → repo)."""
@@ -172,6 +173,12 @@ class DataConfig:
             0.0 <= self.max_malformed_fraction <= 1.0, "data.max_malformed_fraction", "must be in [0, 1]"
         )
         _check(self.example_words >= 0, "data.example_words", "must be >= 0 (0 = no example)")
+        _check(  # caught here, before 01 reads the file; a fraction or 0 is checked once counted
+            not self.example_words or self.train_size < 1 or self.train_size <= MAX_TRAIN_ROWS,
+            "data.train_size",
+            f"is {self.train_size:,.0f} but data.example_words compares every title with every training "
+            f"title: set data.train_size to at most {MAX_TRAIN_ROWS:,}, or data.example_words=0",
+        )
 
 
 @dataclass
