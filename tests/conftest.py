@@ -133,6 +133,15 @@ def stage_paths(overrides: list[str]):
     return cfg, RunPaths.from_config(cfg, root)
 
 
+def knob_values(cfg, **changes) -> list:
+    """The web page's knob values (prodesc.web.KNOBS order) for ``cfg``, with ``changes``."""
+    from prodesc.web import KNOBS
+
+    values = {k.name: (cfg.seed if k.name == "seed" else getattr(cfg.eval, k.name)) for k in KNOBS}
+    values.update(changes)
+    return [values[k.name] for k in KNOBS]
+
+
 def stage_env() -> dict[str, str]:
     """Environment for a stage in a subprocess: src on the path, offline, no Colab markers."""
     env = dict(os.environ)

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import (
     EVAL_OVERRIDES,
+    knob_values,
     stage_paths,
     synthetic_rows,
     tiny_overrides,
@@ -306,8 +307,7 @@ def test_web_page_shows_the_example_in_the_prompt(example_run):
     app = web.build_app(demo, cfg, [])
     assert "example-output" in {c.get("props", {}).get("elem_id") for c in app.get_config_file()["components"]}
     handler = next(f.fn for f in app.fns.values() if len(f.outputs) == 3)
-    values = [cfg.seed if k.name == "seed" else getattr(cfg.eval, k.name) for k in web.KNOBS]
-    *_, (base, tuned, shown) = handler(f"  {title} ", *values)
+    *_, (base, tuned, shown) = handler(f"  {title} ", *knob_values(cfg))
     assert shown == f"{train['title'][want]}\n\n{retrieval.cut(train['content'][want], 4)}"
     assert base == web.NO_BASE and tuned
     demo.examples = None  # a model trained on the title alone: no box, (base, tuned) only

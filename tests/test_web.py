@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, SRC, stage_env, stage_paths, tiny_overrides, write_prepared, write_tiny_adapter
+from conftest import (
+    PYTHON, SRC, knob_values, stage_env, stage_paths, tiny_overrides, write_prepared, write_tiny_adapter,
+)
 
 TITLE = "Acme Compact Water Bottle 500 ml"
 QUICK = ["eval.max_new_tokens=12"]
@@ -49,14 +51,6 @@ def load_demo(overrides: list[str], with_base: bool = True):
     base_path = merge.base_model_path(cfg, paths)
     settings = replace(GenSettings.from_eval(cfg.eval), batch_size=1)
     return cfg, paths, demo.Demo(cfg, paths, base_path, merge.adapter_template(paths), settings, with_base)
-
-
-def knob_values(cfg, **changes):
-    from prodesc.web import KNOBS
-
-    values = {k.name: (cfg.seed if k.name == "seed" else getattr(cfg.eval, k.name)) for k in KNOBS}
-    values.update(changes)
-    return [values[k.name] for k in KNOBS]
 
 
 # --------------------------------------------------------------------------- the handler, in process
