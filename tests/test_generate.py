@@ -101,6 +101,20 @@ def test_length_knobs_leave_old_cache_keys_alone():
         "mbr_samples", "mbr_metric", "mbr_references"}
 
 
+def test_sampling_knobs_key_only_sampled_outputs():
+    """Without sampling, temperature/top_p/top_k change nothing, so a greedy cache is reused
+    whatever they say (and keys as before they were neutralised, with the defaults); with
+    sampling, or with MBR's candidates, each of them is part of the key."""
+    greedy = GenSettings()
+    for knob in ({"temperature": 0.3}, {"top_p": 0.5}, {"top_k": 7}):
+        assert GenSettings(**knob).decoding() == greedy.decoding()
+        assert GenSettings(num_beams=2, **knob).decoding() == GenSettings(num_beams=2).decoding()
+        assert GenSettings(do_sample=True, **knob).decoding() != GenSettings(do_sample=True).decoding()
+        assert GenSettings(mbr_samples=4, **knob).decoding() != GenSettings(mbr_samples=4).decoding()
+    assert {k: greedy.decoding()[k] for k in ("temperature", "top_p", "top_k")} == {
+        "temperature": EvalConfig.temperature, "top_p": EvalConfig.top_p, "top_k": EvalConfig.top_k}
+
+
 def test_every_knob_reaches_generate(tiny):
     model, tok = tiny
     wrapped = CountingModel(model)

@@ -82,6 +82,9 @@ class GenSettings:
         if not out["mbr_samples"]:  # likewise; the metric matters only with candidates
             out.pop("mbr_samples")
             out.pop("mbr_metric")
+        if not self.samples:  # greedy or beams ignore them: any value keys as the default does
+            for knob in ("temperature", "top_p", "top_k"):
+                out[knob] = getattr(EvalConfig, knob)
         return out
 
     @property
