@@ -52,3 +52,37 @@ def test_a_kill_between_the_two_renames_restores_the_previous_version(tmp_path):
     (old / "data.arrow").write_text("previous")
     assert atomic.sweep_leftovers(final) == []
     assert (final / "data.arrow").read_text() == "previous" and not old.exists()
+
+
+def test_a_second_writer_without_overwrite_gets_a_named_error_and_leaves_no_temp(tmp_path):
+    final = tmp_path / "model"
+    with atomic.build_dir(final) as tmp:
+        (tmp / "config.json").write_text("first")
+    with pytest.raises(FileExistsError) as err:
+        with atomic.build_dir(final) as tmp:
+            (tmp / "config.json").write_text("second")
+    assert err.value.filename == str(final) and "already exists" in err.value.strerror
+    assert (final / "config.json").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_folder_renamed_into_place_after_the_check_wins(tmp_path, monkeypatch):
+    """Another process's complete folder lands between the existence check and the rename."""
+    real_replace = os.replace
+
+    def replace_after_the_other_writer(src, dst):
+        if str(src).endswith(f".tmp-{os.getpid()}") and not os.path.exists(dst):
+            os.mkdir(dst)
+            with open(os.path.join(dst, "weights"), "w") as f:
+                f.write("theirs")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace_after_the_other_writer)
+    for overwrite in (False, True):
+        final = tmp_path / f"out-{overwrite}"
+        with pytest.raises(FileExistsError) as err:
+            with atomic.build_dir(final, overwrite=overwrite) as tmp:
+                (tmp / "weights").write_text("mine")
+        assert err.value.filename == str(final)
+        assert (final / "weights").read_text() == "theirs"
+        assert not list(tmp_path.glob(f".{final.name}.*"))

@@ -39,6 +39,39 @@ def test_embedded_name_is_converted_once_then_reused(tmp_path, monkeypatch):
     assert calls[0][0].name == models.SMOLLM2_GGUF and calls[0][0].is_file()
 
 
+class FakeSaver:
+    """Stands in for the converted model and tokenizer (the real conversion runs in the slow test)."""
+
+    def __init__(self, name: str, before_save=None) -> None:
+        self.name, self.before_save = name, before_save
+
+    def save_pretrained(self, folder, safe_serialization=True):
+        if self.before_save:
+            self.before_save()
+        (folder / self.name).write_text("mine")
+
+
+def test_conversion_finished_meanwhile_by_another_run_is_kept(tmp_path):
+    target = tmp_path / "models" / EMBEDDED_MODEL
+
+    def other_run_finishes():  # a second run sharing the root renames its folder into place first
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        (target / "model.safetensors").write_text("theirs")
+
+    out = models.save_converted(FakeSaver("model.safetensors", other_run_finishes), FakeSaver("tokenizer.json"), target)
+    assert out == target and (target / "model.safetensors").read_text() == "theirs"
+    assert sorted(p.name for p in target.parent.iterdir()) == [EMBEDDED_MODEL]
+    models.save_converted(FakeSaver("model.safetensors"), FakeSaver("tokenizer.json"), tmp_path / "fresh")
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == ["model.safetensors", "tokenizer.json"]
+
+
+def test_conversion_clash_with_an_incomplete_folder_is_still_an_error(tmp_path):
+    target = tmp_path / EMBEDDED_MODEL
+    with pytest.raises(FileExistsError, match="already exists"):
+        models.save_converted(FakeSaver("model.safetensors", target.mkdir), FakeSaver("tokenizer.json"), target)
+
+
 def test_half_converted_embedded_folder_is_an_error(tmp_path):
     cfg = _cfg()
     paths = RunPaths.from_config(cfg, tmp_path)

@@ -8,6 +8,7 @@ in a temporary sibling directory and renamed into place only once it is complete
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -111,15 +112,25 @@ def sweep_leftovers(final: Path) -> list[Path]:
 
 
 def replace_dir(src: Path, final: Path, overwrite: bool = False) -> None:
-    """Move the complete directory ``src`` to ``final``, replacing an old one if ``overwrite``."""
+    """Move the complete directory ``src`` to ``final``, replacing an old one if ``overwrite``.
+
+    An existing ``final`` without ``overwrite``, or one another process moved there meanwhile,
+    raises ``FileExistsError`` naming it; ``src`` is then removed."""
+    clash = FileExistsError(errno.EEXIST, "already exists (another run may have written it meanwhile)", str(final))
     old = None
     if final.exists():
         if not overwrite:
             shutil.rmtree(src, ignore_errors=True)
-            raise FileExistsError(final)
+            raise clash
         old = _tmp_sibling(final, "old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-    os.replace(src, final)
+    try:
+        os.replace(src, final)
+    except OSError as err:
+        shutil.rmtree(src, ignore_errors=True)
+        if err.errno in (errno.EEXIST, errno.ENOTEMPTY):  # final appeared since the check
+            raise clash from err
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

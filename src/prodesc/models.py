@@ -112,9 +112,21 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     eos = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
     tokenizer.eos_token = eos
     tokenizer.pad_token = eos
-    with build_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    return save_converted(model, tokenizer, target)
+
+
+def save_converted(model: Any, tokenizer: Any, target: Path) -> Path:
+    """Save the converted model into ``target`` atomically. Two runs that share a root can convert
+    at once (two seeds of bench/quality_cv.py, 02 and 04 started together): the one that finishes
+    second keeps the first one's complete folder instead of failing."""
+    try:
+        with build_dir(target) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    except FileExistsError:
+        if not is_model_dir(target):
+            raise
+        log(f"{target} was converted by another run meanwhile: using it")
     return target
 
 
