@@ -1,4 +1,4 @@
-"""data.example_words: the most similar training product in the prompt. The title index against a
+"""data.example_words: the most similar training products in the prompt. The title index against a
 brute-force search, the template and config identities, 01's stored examples (synthetic and real
 rows), 02 -> 03 and 04 on the tiny model, and the errors when settings and artifacts disagree."""
 
@@ -44,6 +44,18 @@ def brute_nearest(train: list[str], queries: list[str], exclude=None) -> list[in
     return out
 
 
+def brute_nearest_k(train: list[str], queries: list[str], k: int, exclude=None) -> list[list[int]]:
+    """The definition of k examples: the allowed rows by highest Jaccard, the earlier row first
+    among equals, the first k."""
+    words = [retrieval.title_words(t) for t in train]
+    out = []
+    for i, q in enumerate(map(retrieval.title_words, queries)):
+        allowed = [row for row in range(len(train)) if exclude is None or exclude[i] != row]
+        allowed.sort(key=lambda row: (-len(q & words[row]) / (len(q | words[row]) or 1), row))
+        out.append(allowed[:k])
+    return out
+
+
 def random_titles(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     vocab = ["Acme", "steel", "bottle", "500", "ml", "Mug", "coffee", "blue", "XL", "kids", "set", "of", "2"]
@@ -64,6 +76,9 @@ def test_nearest_is_the_brute_force_answer(monkeypatch, cells):
     seen: list[int] = []
     index.nearest(queries, progress=seen.append)
     assert sum(seen) == len(queries)
+    for k in (2, 3):  # data.examples
+        assert index.nearest_k(queries, k) == brute_nearest_k(train, queries, k)
+        assert index.nearest_k(train, k, exclude=own) == brute_nearest_k(train, train, k, exclude=own)
 
 
 def test_nearest_edge_cases():
@@ -73,6 +88,9 @@ def test_nearest_edge_cases():
     assert index.nearest(["red mug", "mug", "tea"]) == [0, 0, 0]  # ties and no shared word: the first
     assert index.nearest(["red mug"], exclude=[0]) == [2]
     assert index.nearest([]) == []
+    assert index.nearest_k(["red mug", "tea"], 2) == [[0, 2], [0, 1]]
+    assert index.nearest_k(["red mug"], 5, exclude=[2]) == [[0, 1]]  # fewer rows than asked for
+    assert retrieval.TitleIndex([]).nearest_k(["a"], 2) == [[]]
 
 
 def test_cut_keeps_the_first_words():
@@ -80,10 +98,19 @@ def test_cut_keeps_the_first_words():
     assert retrieval.cut("one two", 3) == "one two"
 
 
-def test_example_finder_gives_title_and_cut_description():
+def test_example_finder_gives_titles_and_cut_descriptions():
     finder = retrieval.ExampleFinder(["Red Mug", "Steel Bottle 500 ml"], ["a b c d", "e f g h"], 2)
-    assert finder.example("steel bottle") == ("Steel Bottle 500 ml", "e f …")
-    assert retrieval.ExampleFinder([], [], 2).example("anything") is None
+    assert finder.examples("steel bottle") == [("Steel Bottle 500 ml", "e f …")]
+    two = retrieval.ExampleFinder(["Red Mug", "Steel Bottle 500 ml"], ["a b c d", "e f g h"], 2, count=2)
+    assert two.examples("steel bottle") == [("Steel Bottle 500 ml", "e f …"), ("Red Mug", "a b …")]
+    assert retrieval.ExampleFinder([], [], 2).examples("anything") == []
+
+
+def test_stored_examples_read_both_column_forms():
+    """Lists (one entry per example), or one text each as data prepared before data.examples has."""
+    assert retrieval.stored_examples(["A", "B"], ["a", "b"]) == [("A", "a"), ("B", "b")]
+    assert retrieval.stored_examples("A", "a") == [("A", "a")]
+    assert retrieval.stored_examples(None, None) == retrieval.stored_examples([], []) == []
 
 
 # --------------------------------------------------------------------------- template and config
@@ -94,23 +121,32 @@ def test_template_shows_the_example_only_when_on():
     assert "example_words" not in chat.to_dict()  # identities of templates without it unchanged
     on = templates.from_dict({**chat.to_dict(), "example_words": 5})
     assert on.to_dict()["example_words"] == 5 and templates.from_dict(on.to_dict()) == on
-    user = on.format_prompt("Blue Mug", ("Red Mug", "A red mug …"))[-1]["content"]
+    user = on.format_prompt("Blue Mug", [("Red Mug", "A red mug …")])[-1]["content"]
     assert user == (
         "Product title: Blue Mug\n\nA similar product in the store, for reference:\n"
         "Title: Red Mug\nDescription: A red mug …"
     )
     assert on.format_prompt("Blue Mug")[-1]["content"] == "Product title: Blue Mug"  # no example found
-    assert chat.format_prompt("Blue Mug", ("Red Mug", "x")) == chat.format_prompt("Blue Mug")  # off
+    assert chat.format_prompt("Blue Mug", [("Red Mug", "x")]) == chat.format_prompt("Blue Mug")  # off
+    two = templates.from_dict({**on.to_dict(), "examples": 2})
+    assert two.to_dict()["examples"] == 2 and "examples" not in on.to_dict()  # 1: identity unchanged
+    assert two.format_prompt("Blue Mug", [("Red Mug", "A red mug …"), ("Mug Set", "Two mugs")])[-1]["content"] == (
+        "Product title: Blue Mug\n\nTwo similar products in the store, for reference:\n"
+        "Title: Red Mug\nDescription: A red mug …\n\nTitle: Mug Set\nDescription: Two mugs"
+    )
+    with pytest.raises(ConfigError, match="examples must be a whole number from 1 to 5"):
+        templates.from_dict({**on.to_dict(), "examples": 0})
     with pytest.raises(ConfigError, match="example_words must be a whole number >= 0"):
         templates.from_dict({**chat.to_dict(), "example_words": -1})
     with pytest.raises(ConfigError, match="'example_words' must be a whole number"):
         templates.from_dict({**chat.to_dict(), "example_words": "80"})
 
 
-def test_template_file_may_not_set_example_words(tmp_path):
+@pytest.mark.parametrize("key", ["example_words", "examples"])
+def test_template_file_may_not_set_the_example_settings(tmp_path, key):
     path = tmp_path / "mine.yaml"
-    path.write_text("kind: text\nprompt: 'T: {title}'\nexample_words: 5\n")
-    with pytest.raises(ConfigError, match="remove example_words and set data.example_words instead"):
+    path.write_text(f"kind: text\nprompt: 'T: {{title}}'\n{key}: 2\n")
+    with pytest.raises(ConfigError, match=f"remove {key} and set data.{key} instead"):
         templates.load_template_file(path)
 
 
@@ -120,27 +156,33 @@ def test_example_words_off_keeps_every_older_identity():
     import dataclasses
 
     cfg = load_config("cpu")
-    old = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "example_words"}
+    old = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("example_words", "examples")}
     assert cfg.fingerprint("data") == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     on = load_config("cpu", ["data.example_words=80"])
     assert on.fingerprint("data") != cfg.fingerprint("data")
+    one = {k: v for k, v in dataclasses.asdict(on.data).items() if k != "examples"}
+    assert on.fingerprint("data") == hashlib.sha256(json.dumps(one, sort_keys=True).encode()).hexdigest()
+    assert load_config("cpu", ["data.example_words=80", "data.examples=2"]).fingerprint("data") != on.fingerprint("data")
     with pytest.raises(ConfigError, match="data.example_words' must be >= 0"):
         load_config("cpu", ["data.example_words=-1"])
+    for bad in (0, 6):
+        with pytest.raises(ConfigError, match="data.examples' must be 1 to 5"):
+            load_config("cpu", [f"data.examples={bad}"])
 
 
 # --------------------------------------------------------------------------- 01
 
 
-def test_prepare_stores_each_rows_example(tmp_path):
-    from prodesc.prepare import open_prepared
+@pytest.mark.parametrize("count", [1, 2])
+def test_prepare_stores_each_rows_examples(tmp_path, count):
+    from prodesc.prepare import format_manifest, open_prepared
 
     cfg, paths = stage_paths([f"paths.root={tmp_path}", "data.name=ex"])
-    write_prepared(paths, n_train=30, n_val=6, n_test=6, extra=("data.example_words=4",))
+    write_prepared(paths, n_train=30, n_val=6, n_test=6, extra=("data.example_words=4", f"data.examples={count}"))
     manifest, data = open_prepared(paths, ("train", "validation", "test"), ("example_title", "example_content"))
-    assert manifest["template"]["example_words"] == 4
-    from prodesc.prepare import format_manifest
-
-    assert "template: chat + an example of 4 words   took" in format_manifest(manifest)
+    assert manifest["template"]["example_words"] == 4 and manifest["template"].get("examples", 1) == count
+    shown = "an example of 4 words" if count == 1 else "2 examples of 4 words"
+    assert f"template: chat + {shown}   took" in format_manifest(manifest)
     train = data["train"]
     by_title = {}
     for title, content in zip(train["title"], train["content"]):
@@ -148,11 +190,12 @@ def test_prepare_stores_each_rows_example(tmp_path):
     for split in ("train", "validation", "test"):
         rows = data[split]
         exclude = list(range(len(rows))) if split == "train" else None
-        want = brute_nearest(train["title"], rows["title"], exclude)
-        assert rows["example_title"] == [train["title"][w] for w in want], split
-        assert rows["example_content"] == [retrieval.cut(train["content"][w], 4) for w in want], split
+        want = brute_nearest_k(train["title"], rows["title"], count, exclude)
+        assert rows["example_title"] == [[train["title"][w] for w in ws] for ws in want], split
+        assert rows["example_content"] == [[retrieval.cut(train["content"][w], 4) for w in ws] for ws in want], split
         for row in rows:
-            assert row["prompt"][-1]["content"].endswith(f"Title: {row['example_title']}\nDescription: {row['example_content']}")
+            shown = "\n\n".join(f"Title: {t}\nDescription: {d}" for t, d in zip(row["example_title"], row["example_content"]))
+            assert row["prompt"][-1]["content"].endswith(f"for reference:\n{shown}")
     # data prepared without it has the old columns and prompts
     write_prepared(paths, n_train=30, n_val=6, n_test=6)
     _, plain = open_prepared(paths, ("train",), ())
@@ -187,8 +230,8 @@ def test_examples_on_real_rows(tmp_path):
     for split in ("train", "validation", "test"):
         rows = data[split]
         want = brute_nearest(train, rows["title"], list(range(len(rows))) if split == "train" else None)
-        assert rows["example_title"] == [train[w] for w in want]
-        shared += sum(bool(retrieval.title_words(t) & retrieval.title_words(e))
+        assert rows["example_title"] == [[train[w]] for w in want]
+        shared += sum(bool(retrieval.title_words(t) & retrieval.title_words(e[0]))
                       for t, e in zip(rows["title"], rows["example_title"]))
         total += len(rows)
     assert shared / total > 0.8
@@ -198,14 +241,16 @@ def test_examples_on_real_rows(tmp_path):
 
 
 @pytest.fixture
-def example_run(tiny_model_dir, tmp_path):
-    """A 3-step 02 run on the tiny model with examples in the prompt, then its overrides and paths."""
+def example_run(tiny_model_dir, tmp_path, request):
+    """A 3-step 02 run on the tiny model with examples in the prompt (data.examples: the test's
+    parameter, else 1), then its overrides and paths."""
     from prodesc import train
 
+    count = getattr(request, "param", 1)
     overrides = tiny_overrides(tiny_model_dir, tmp_path / "root", "train.max_steps=3", *EVAL_OVERRIDES,
-                               "data.example_words=4", "model.max_length=256")
+                               "data.example_words=4", f"data.examples={count}", "model.max_length=256")
     _, paths = stage_paths(overrides)
-    write_prepared(paths, extra=("data.example_words=4",))
+    write_prepared(paths, extra=("data.example_words=4", f"data.examples={count}"))
     assert train.main(["--preset", "cpu", *overrides]) == 0
     return overrides, paths
 
@@ -223,27 +268,33 @@ def spy_prompts(monkeypatch, module) -> list[str]:
     return seen
 
 
-def test_training_and_evaluation_show_the_example(example_run, monkeypatch):
-    """The adapter keeps the template with example_words; 03 builds each test row's prompt with the
-    example 01 stored, as training saw it."""
+@pytest.mark.parametrize("example_run", [1, 2], indirect=True)
+def test_training_and_evaluation_show_the_examples(example_run, monkeypatch):
+    """The adapter keeps the template with example_words (and examples); 03 builds each test row's
+    prompt with the examples 01 stored, as training saw them."""
     from prodesc import generate, merge
     from prodesc.prepare import open_prepared
 
     overrides, paths = example_run
-    assert json.loads((paths.adapter / "prompt_template.json").read_text())["example_words"] == 4
+    kept = json.loads((paths.adapter / "prompt_template.json").read_text())
+    count = kept.get("examples", 1)
+    assert kept["example_words"] == 4 and f"data.examples={count}" in overrides
     seen = spy_prompts(monkeypatch, generate)
     assert merge.main(["--preset", "cpu", *overrides]) == 0
     test = open_prepared(paths, ("test",), ("example_title",))[1]["test"]
     rows = {r["title"]: r for r in test}
-    shown = [p for p in seen if "A similar product in the store" in p]
+    intro = templates.EXAMPLE_INTROS[count - 1]
+    shown = [p for p in seen if intro in p]
     assert shown and len(shown) == len(seen)
     for prompt in shown:
-        title = re.search(r"Product title: (.*)\n\nA similar", prompt).group(1)
-        assert f"Title: {rows[title]['example_title']}\nDescription: {rows[title]['example_content']}" in prompt
+        title = re.search(r"Product title: (.*)\n\n" + intro, prompt).group(1)
+        row = rows[title]
+        assert len(row["example_title"]) == count
+        assert "\n\n".join(f"Title: {t}\nDescription: {d}" for t, d in zip(row["example_title"], row["example_content"])) in prompt
     with open(paths.eval / "side_by_side.csv", encoding="utf-8-sig", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 6 and list(table[0])[:4] == ["uid", "title", "example_title", "reference"]
-    assert all(r["example_title"] == rows[r["title"]]["example_title"] for r in table)
+    assert all(r["example_title"] == " | ".join(rows[r["title"]]["example_title"]) for r in table)
 
 
 def test_settings_that_disagree_with_the_adapter_are_refused(example_run, capsys):
@@ -258,6 +309,8 @@ def test_settings_that_disagree_with_the_adapter_are_refused(example_run, capsys
     overrides, paths = example_run
     assert merge.main(["--preset", "cpu", *overrides, "data.example_words=0"]) == 2
     assert "the adapter was trained with data.example_words=4 but the config says 0: set data.example_words=4" in capsys.readouterr().err
+    assert merge.main(["--preset", "cpu", *overrides, "data.examples=3"]) == 2
+    assert "the adapter was trained with data.examples=1 but the config says 3: set data.examples=1" in capsys.readouterr().err
     data = load_from_disk(str(paths.prepared_dataset))
     data["test"] = data["test"].remove_columns(["example_title", "example_content"])
     data.save_to_disk(str(paths.prepared / "dataset.new"))
@@ -269,29 +322,33 @@ def test_settings_that_disagree_with_the_adapter_are_refused(example_run, capsys
     assert "lacks column 'example_content'" in err
 
 
-def test_demo_finds_the_example_in_the_training_split(example_run, monkeypatch, capsys):
+@pytest.mark.parametrize("example_run", [1, 2], indirect=True)
+def test_demo_finds_the_examples_in_the_training_split(example_run, monkeypatch, capsys):
     import shutil
 
     from prodesc import demo, generate
     from prodesc.prepare import open_prepared
 
     overrides, paths = example_run
+    count = 2 if "data.examples=2" in overrides else 1
     train = open_prepared(paths, ("train",), ())[1]["train"]
     title = "Acme Compact Water Bottle 500 ml"
-    want = brute_nearest(train["title"], [title])[0]
+    want = brute_nearest_k(train["title"], [title], count)[0]
     seen = spy_prompts(monkeypatch, generate)
     assert demo.main(["--preset", "cpu", *overrides, "--no-base", title]) == 0
-    assert f"(example in the prompt: {train['title'][want]})" in capsys.readouterr().out
-    assert f"Title: {train['title'][want]}\nDescription: {retrieval.cut(train['content'][want], 4)}" in seen[0]
+    label = "example" if count == 1 else "examples"
+    assert f"({label} in the prompt: {' | '.join(train['title'][w] for w in want)})" in capsys.readouterr().out
+    assert "\n\n".join(f"Title: {train['title'][w]}\nDescription: {retrieval.cut(train['content'][w], 4)}" for w in want) in seen[0]
     shutil.rmtree(paths.prepared)
     assert demo.main(["--preset", "cpu", *overrides, "--no-base", title]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: the adapter's prompt shows an example from the training split (data.example_words): no prepared data")
 
 
-def test_web_page_shows_the_example_in_the_prompt(example_run):
+@pytest.mark.parametrize("example_run", [1, 2], indirect=True)
+def test_web_page_shows_the_examples_in_the_prompt(example_run):
     """The page built over a demo with examples has an example box, and its handler fills it with
-    the example the prompt holds (what 04 prints), next to the descriptions."""
+    the examples the prompt holds (what 04 prints), next to the descriptions."""
     from prodesc import merge, web
     from prodesc.demo import Demo
     from prodesc.generate import GenSettings
@@ -303,12 +360,13 @@ def test_web_page_shows_the_example_in_the_prompt(example_run):
                 GenSettings.from_eval(cfg.eval), with_base=False)
     train = open_prepared(paths, ("train",), ())[1]["train"]
     title = "Acme Compact Water Bottle 500 ml"
-    want = brute_nearest(train["title"], [title])[0]
+    want = brute_nearest_k(train["title"], [title], cfg.data.examples)[0]
     app = web.build_app(demo, cfg, [])
-    assert "example-output" in {c.get("props", {}).get("elem_id") for c in app.get_config_file()["components"]}
+    boxes = {c.get("props", {}).get("elem_id"): c["props"] for c in app.get_config_file()["components"]}
+    assert boxes["example-output"]["label"].startswith("example in" if cfg.data.examples == 1 else "examples in")
     handler = next(f.fn for f in app.fns.values() if len(f.outputs) == 3)
     *_, (base, tuned, shown) = handler(f"  {title} ", *knob_values(cfg))
-    assert shown == f"{train['title'][want]}\n\n{retrieval.cut(train['content'][want], 4)}"
+    assert shown == "\n\n".join(f"{train['title'][w]}\n\n{retrieval.cut(train['content'][w], 4)}" for w in want)
     assert base == web.NO_BASE and tuned
     demo.examples = None  # a model trained on the title alone: no box, (base, tuned) only
     assert "example-output" not in {

@@ -36,7 +36,7 @@ import yaml
 from prodesc.embedded import EMBEDDED_MODEL
 from prodesc.errors import ConfigError
 from prodesc.hardware import detect_gpu
-from prodesc.retrieval import MAX_TRAIN_ROWS
+from prodesc.retrieval import MAX_EXAMPLES, MAX_TRAIN_ROWS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this package runs from (``src/prodesc`` → repo)."""
@@ -141,6 +141,10 @@ class DataConfig:
     web page search the prepared training split for a new title's, so they need the prepared
     data. Use eval.repetition_scope=output with it, or the repetition penalty pushes the model
     away from the example's words. At most 200,000 training rows."""
+    examples: int = 1
+    """How many examples each title is shown with when data.example_words > 0: the most similar
+    training products, most similar first, each with data.example_words words (keep their sum
+    near 80 so the prompts fit model.max_length). 1 to 5."""
 
     def __post_init__(self) -> None:
         _check(
@@ -173,6 +177,7 @@ class DataConfig:
             0.0 <= self.max_malformed_fraction <= 1.0, "data.max_malformed_fraction", "must be in [0, 1]"
         )
         _check(self.example_words >= 0, "data.example_words", "must be >= 0 (0 = no example)")
+        _check(1 <= self.examples <= MAX_EXAMPLES, "data.examples", f"must be 1 to {MAX_EXAMPLES}")
         _check(  # caught here, before 01 reads the file; a fraction or 0 is checked once counted
             not self.example_words or self.train_size < 1 or self.train_size <= MAX_TRAIN_ROWS,
             "data.train_size",
@@ -378,7 +383,7 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-LATER_SETTINGS: dict[str, dict[str, Any]] = {"data": {"example_words": 0}}
+LATER_SETTINGS: dict[str, dict[str, Any]] = {"data": {"example_words": 0, "examples": 1}}
 """Settings (by section) added after artifacts named by :meth:`Config.fingerprint` existed, with
 the default that leaves them out of it."""
 

@@ -14,7 +14,7 @@ eval.min_new_tokens, eval.eos_bias, eval.num_beams, eval.do_sample, eval.tempera
 eval.top_p, eval.top_k, eval.repetition_penalty, eval.repetition_scope, eval.no_repeat_ngram_size,
 eval.mbr_samples, eval.mbr_metric, eval.mbr_references (which reads the prepared training split);
 `seed` is set before every generation, so it fixes sampling. A model trained with
-data.example_words gets each title with its example from the prepared training split, as in 03.
+data.example_words gets each title with its examples from the prepared training split, as in 03.
 
     python src/04_quick_demo.py "Acme Stainless Water Bottle 500 ml" eval.do_sample=true seed=7
     python src/04_quick_demo.py --titles-file my_titles.txt --no-base
@@ -204,20 +204,21 @@ class Demo:
         set_seed(self.seed if seed is None else seed)
         with off:
             outputs = describe(
-                model, self.tokenizer, self.template, [title], settings, [self.example(title)],
+                model, self.tokenizer, self.template, [title], settings, [self.examples_for(title)],
                 progress=False, streamer=streamer, references=self.references,
             )
         return outputs[0]
 
-    def example(self, title: str) -> Any:
-        """The example shown with ``title`` (data.example_words), or None."""
-        return self.examples.example(title) if self.examples is not None else None
+    def examples_for(self, title: str) -> list[Any]:
+        """The examples shown with ``title`` (data.example_words; none when off)."""
+        return self.examples.examples(title) if self.examples is not None else []
 
     def show(self, title: str) -> None:
         print(f"\n=== {title}", flush=True)
-        example = self.example(title)
-        if example is not None:
-            print(f"(example in the prompt: {example[0]})", flush=True)
+        shown = self.examples_for(title)
+        if shown:
+            label = "example" if len(shown) == 1 else "examples"
+            print(f"({label} in the prompt: {' | '.join(t for t, _ in shown)})", flush=True)
         print(f"{TUNED_HEADER} (streaming):" if self.stream else f"{TUNED_HEADER}: generating...", flush=True)
         tuned = self.generate(title, base=False)
         print(flush=True)
@@ -227,7 +228,7 @@ class Demo:
 
 def example_finder(cfg: Config, paths: RunPaths, template: Any) -> Any:
     """With data.example_words, the prepared training split's titles and descriptions to find
-    each title's example in (:class:`prodesc.retrieval.ExampleFinder`); else None."""
+    each title's examples in (:class:`prodesc.retrieval.ExampleFinder`); else None."""
     if not template.example_words:
         return None
     from prodesc.merge import check_examples
@@ -240,7 +241,7 @@ def example_finder(cfg: Config, paths: RunPaths, template: Any) -> Any:
     except UserError as err:
         raise UserError(f"the adapter's prompt shows an example from the training split (data.example_words): {err}") from None
     train = data["train"]
-    return ExampleFinder(train["title"], train["content"], template.example_words)
+    return ExampleFinder(train["title"], train["content"], template.example_words, template.examples)
 
 
 # --------------------------------------------------------------------------- layout

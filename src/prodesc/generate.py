@@ -195,12 +195,12 @@ def render_prompts(
     tokenizer: Any,
     template: PromptTemplate,
     titles: Iterable[str],
-    examples: Sequence[Example | None] | None = None,
+    examples: Sequence[Sequence[Example]] | None = None,
 ) -> list[str]:
-    """Prompt strings for ``titles`` (with data.example_words, ``examples[i]`` is title i's
-    example, :mod:`prodesc.retrieval`), as the model saw them in training."""
+    """Prompt strings for ``titles`` (with data.example_words, ``examples[i]`` are title i's
+    examples, :mod:`prodesc.retrieval`), as the model saw them in training."""
     titles = list(titles)
-    examples = list(examples) if examples is not None else [None] * len(titles)
+    examples = list(examples) if examples is not None else [()] * len(titles)
     if len(examples) != len(titles):
         raise ValueError(f"{len(titles)} titles but {len(examples)} examples")
     if template.kind == "text":
@@ -346,11 +346,11 @@ def describe(
     template: PromptTemplate,
     titles: Sequence[str],
     settings: GenSettings,
-    examples: Sequence[Example | None] | None = None,
+    examples: Sequence[Sequence[Example]] | None = None,
     **kw: Any,
 ) -> list[str]:
     """Descriptions for ``titles`` (the completion prefix such as "Description:" stripped);
-    ``examples``: their examples with data.example_words."""
+    ``examples``: each title's examples with data.example_words."""
     prompts = render_prompts(tokenizer, template, titles, examples)
     raw = generate_raw(model, tokenizer, prompts, settings, add_special_tokens=template.kind == "text", **kw)
     return [template.extract(r) for r in raw]
@@ -512,12 +512,12 @@ def cached_describe(
     seed: int | None = None,
     references: Sequence[str] = (),
 ) -> list[str]:
-    """Descriptions for ``rows`` (each with row, uid, title, and example with data.example_words),
+    """Descriptions for ``rows`` (each with row, uid, title, and examples with data.example_words),
     generating only rows not in ``cache``."""
     missing = [r for r in rows if cache.get(r["row"], r["title"]) is None]
     if missing:
         prompts = render_prompts(
-            tokenizer, template, [r["title"] for r in missing], [r.get("example") for r in missing]
+            tokenizer, template, [r["title"] for r in missing], [r.get("examples", ()) for r in missing]
         )
         sampled = settings.samples and seed is not None  # keep the random state for a resume
 

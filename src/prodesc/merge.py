@@ -57,6 +57,7 @@ from prodesc.generate import (
 )
 from prodesc.paths import RunPaths
 from prodesc.prepare import open_prepared, reference_descriptions
+from prodesc.retrieval import stored_examples
 
 ADAPTER_CONFIG = "adapter_config.json"
 TEMPLATE_FILE = "prompt_template.json"
@@ -93,7 +94,7 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     # work
     check = ensure_merged(
         cfg, paths, model_path, template, [r["title"] for r in rows[:CHECK_ROWS]],
-        [r.get("example") for r in rows[:CHECK_ROWS]],
+        [r.get("examples", ()) for r in rows[:CHECK_ROWS]],
     )
     outputs, identities = generate_all(
         cfg, paths, model_path, template, rows, settings, ckpts, out, mbr_texts
@@ -225,8 +226,8 @@ def check_same_base(recorded: str, model_path: str, model_name: str) -> None:
 def eval_rows(
     cfg: Config, paths: RunPaths, template: templates.PromptTemplate
 ) -> tuple[list[dict[str, Any]], int]:
-    """The rows of ``eval.split`` to evaluate (row index, uid, title, content, and the example
-    01 stored when the adapter's ``template`` shows one) and how many the split holds."""
+    """The rows of ``eval.split`` to evaluate (row index, uid, title, content, and the examples
+    01 stored when the adapter's ``template`` shows some) and how many the split holds."""
     split = cfg.eval.split
     check_examples(cfg, template)
     columns = ["uid", "title", "content"] + (["example_title", "example_content"] if template.example_words else [])
@@ -245,20 +246,23 @@ def eval_rows(
     rows = []
     for i, c in zip(picked, test.select(picked).select_columns(columns).to_list()):
         if template.example_words:
-            title, content = c.pop("example_title"), c.pop("example_content")
-            c["example"] = None if title is None else (title, content)
+            c["examples"] = stored_examples(c.pop("example_title"), c.pop("example_content"))
         rows.append({"row": i, **c})
     return rows, len(test)
 
 
 def check_examples(cfg: Config, template: templates.PromptTemplate) -> None:
-    """The adapter was trained with the data.example_words of ``cfg`` (03 and 04 find its examples
-    in the prepared data that setting names)."""
-    if cfg.data.example_words != template.example_words:
-        raise UserError(
-            f"the adapter was trained with data.example_words={template.example_words} but the config "
-            f"says {cfg.data.example_words}: set data.example_words={template.example_words}"
-        )
+    """The adapter was trained with the data.example_words and data.examples of ``cfg`` (03 and 04
+    find its examples in the prepared data those settings name)."""
+    for key, trained, configured in (
+        ("example_words", template.example_words, cfg.data.example_words),
+        ("examples", template.examples, cfg.data.examples if template.example_words else template.examples),
+    ):
+        if trained != configured:
+            raise UserError(
+                f"the adapter was trained with data.{key}={trained} but the config says {configured}: "
+                f"set data.{key}={trained}"
+            )
 
 
 def select_rows(total: int, wanted: int | str, seed: int) -> list[int]:
@@ -413,7 +417,7 @@ def ensure_merged(
     examples: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Merge unless merged_fp16/ is current; return the merge check (stored in merge_check.json),
-    made on ``titles`` (with their ``examples`` when the template shows one)."""
+    made on ``titles`` (with their ``examples`` when the template shows some)."""
     if merged_is_current(paths) and not cfg.overwrite:
         log(f"already merged: {paths.merged} (overwrite=true to redo)")
         return _read_json(paths.merged / MERGE_CHECK)

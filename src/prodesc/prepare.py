@@ -10,9 +10,9 @@ JSON Lines such as trn.json are parsed by pyarrow in blocks of lines, on every c
 file; other files are read line by line, with the same result. A seeded
 hash of each (title, content) pair then picks the subsample and the train/validation/test splits,
 so the same data and seed give the same splits whatever the file's order, format or compression.
-With data.example_words, every row also gets its example: the training row whose title shares
-the most words with its own (never itself), stored as example_title/example_content and shown in
-its prompt (prodesc.retrieval). The result appears under its final name only when complete;
+With data.example_words, every row also gets its examples: the data.examples training rows whose
+titles share the most words with its own (never itself), stored as the lists example_title/
+example_content and shown in its prompt (prodesc.retrieval). The result appears under its final name only when complete;
 re-running with the same settings skips the work (overwrite=true redoes it).
 """
 
@@ -569,10 +569,10 @@ def split_rows(parts: list[Path], selected, bounds, dedup: bool) -> Iterator[tup
                 yield names[split], uid, title, content
 
 
-def find_examples(rows: Iterator[tuple[str, str, str, str]], words: int) -> dict[str, list[Example | None]]:
-    """data.example_words: each selected row's example (by split, in the order of ``rows``), the
-    most similar training row's title and first ``words`` words of description; a training row
-    never gets itself. None where there is none (a training split of one row)."""
+def find_examples(rows: Iterator[tuple[str, str, str, str]], words: int, count: int = 1) -> dict[str, list[list[Example]]]:
+    """data.example_words: each selected row's examples (by split, in the order of ``rows``), the
+    ``count`` most similar training rows' titles and first ``words`` words of description, most
+    similar first; a training row never gets itself. Fewer where the training split holds fewer."""
     from tqdm.auto import tqdm
 
     titles: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -582,12 +582,12 @@ def find_examples(rows: Iterator[tuple[str, str, str, str]], words: int) -> dict
         if split == "train":
             contents.append(content)
     index = TitleIndex(titles["train"])
-    out: dict[str, list[Example | None]] = {}
+    out: dict[str, list[list[Example]]] = {}
     with tqdm(total=sum(map(len, titles.values())), desc="01 examples", unit="row", disable=None) as bar:
         for split in SPLITS:
             own = list(range(len(titles[split]))) if split == "train" else None
-            found = index.nearest(titles[split], exclude=own, progress=bar.update)
-            out[split] = [None if r < 0 else (titles["train"][r], cut(contents[r], words)) for r in found]
+            found = index.nearest_k(titles[split], count, exclude=own, progress=bar.update)
+            out[split] = [[(titles["train"][r], cut(contents[r], words)) for r in rs] for rs in found]
     return out
 
 
@@ -596,7 +596,7 @@ def write_dataset(
     template: PromptTemplate,
     out: Path,
     scratch: Path,
-    examples: dict[str, list[Example | None]] | None = None,
+    examples: dict[str, list[list[Example]]] | None = None,
 ) -> dict[str, int]:
     """Write the selected rows as a ``datasets.DatasetDict`` (Arrow) with prompt/completion
     columns formatted by ``template`` (with ``examples``, from :func:`find_examples`, also their
@@ -622,11 +622,12 @@ def write_dataset(
     try:
         for split, uid, title, content in rows:
             row = {"uid": uid, "title": title, "content": content}
-            example = None
+            shown: list[Example] = []
             if examples is not None:
-                example = examples[split][counts[split]]
-                row["example_title"], row["example_content"] = example or (None, None)
-            row["prompt"] = template.format_prompt(title, example)
+                shown = examples[split][counts[split]]
+                row["example_title"] = [t for t, _ in shown]
+                row["example_content"] = [d for _, d in shown]
+            row["prompt"] = template.format_prompt(title, shown)
             row["completion"] = template.format_completion(content)
             pending[split].append(row)
             counts[split] += 1
@@ -658,7 +659,7 @@ def dataset_features(template: PromptTemplate, with_examples: bool = False):
     turn = List(message) if template.kind == "chat" else text
     columns = {"uid": text, "title": text, "content": text}
     if with_examples:
-        columns |= {"example_title": text, "example_content": text}
+        columns |= {"example_title": List(text), "example_content": List(text)}  # one entry per example
     return Features({**columns, "prompt": turn, "completion": turn})
 
 
@@ -708,7 +709,7 @@ def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any
                     f"set data.train_size to at most {MAX_TRAIN_ROWS:,}, or data.example_words=0"
                 )
             examples = find_examples(
-                split_rows(parts, selected, bounds, cfg.data.dedup), template.example_words
+                split_rows(parts, selected, bounds, cfg.data.dedup), template.example_words, template.examples
             )
         written = write_dataset(
             split_rows(parts, selected, bounds, cfg.data.dedup), template, tmp / "dataset", scratch, examples
@@ -773,7 +774,8 @@ def format_manifest(manifest: dict[str, Any]) -> str:
     width = max(len(label) for label, _ in rows)
     lines = [f"{label:<{width}}  {value:>10,}" for label, value in rows]
     words = manifest["template"].get("example_words")
-    example = f" + an example of {words} words" if words else ""
+    count = manifest["template"].get("examples", 1)
+    example = (f" + {count} examples of {words} words" if count > 1 else f" + an example of {words} words") if words else ""
     lines.append(f"template: {manifest['template']['name']}{example}   took {manifest['duration_s']} s")
     return "\n".join(lines)
 

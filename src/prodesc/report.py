@@ -37,18 +37,22 @@ EXAMPLES = 20
 """Rows in improved_examples.csv, worst_regressions.csv and the HTML sample."""
 
 
+EXAMPLE_TITLES_JOIN = " | "
+"""Between the examples' titles in the CSVs' example_title column (data.examples > 1)."""
+
+
 def side_by_side_rows(
     rows: Sequence[dict[str, Any]], outputs: dict[str, list[str]], rouge_l: dict[str, list[float]]
 ) -> list[dict[str, Any]]:
-    """One dict per evaluated row: uid, title, (example_title: the example in the prompt, with
-    data.example_words), reference, <label>_output..., rougeL_<label>..., rougeL_delta (tuned -
+    """One dict per evaluated row: uid, title, (example_title: the examples' titles in the prompt,
+    with data.example_words, joined by " | "), reference, <label>_output..., rougeL_<label>..., rougeL_delta (tuned -
     base). ``outputs``/``rouge_l`` are keyed by model label; base and tuned come first."""
     labels = list(outputs)
     table = []
     for i, row in enumerate(rows):
         item: dict[str, Any] = {"uid": row["uid"], "title": row["title"]}
-        if "example" in row:
-            item["example_title"] = row["example"][0] if row["example"] else ""
+        if "examples" in row:
+            item["example_title"] = EXAMPLE_TITLES_JOIN.join(t for t, _ in row["examples"])
         item["reference"] = row["content"]
         for label in labels:
             item[f"{label}_output"] = outputs[label][i]

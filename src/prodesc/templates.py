@@ -18,6 +18,7 @@ Your own template is a YAML file with the fields of :class:`PromptTemplate`, e.g
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ class PromptTemplate:
     """Set from data.example_words by 01, not in a template file: with > 0 each title is followed
     by an example, the most similar training product's title and the first this many words of
     its description (:mod:`prodesc.retrieval`). 0 = the title alone."""
+    examples: int = 1
+    """Set from data.examples by 01: how many examples each title is shown with (example_words > 0)."""
 
     def __post_init__(self) -> None:
         where = f"prompt template '{self.name}'"
@@ -59,21 +62,24 @@ class PromptTemplate:
             raise ConfigError(f"{where}: 'system' is only for kind: chat")
         if not isinstance(self.example_words, int) or self.example_words < 0:
             raise ConfigError(f"{where}: example_words must be a whole number >= 0, got {self.example_words!r}")
+        if not isinstance(self.examples, int) or not 1 <= self.examples <= len(EXAMPLE_INTROS):
+            raise ConfigError(f"{where}: examples must be a whole number from 1 to {len(EXAMPLE_INTROS)}, got {self.examples!r}")
 
-    def format_prompt(self, title: str, example: tuple[str, str] | None = None) -> Any:
+    def format_prompt(self, title: str, examples: Sequence[tuple[str, str]] = ()) -> Any:
         """The model input for ``title``: a list of messages (chat) or a string (text). With
-        example_words, ``example`` is the (title, cut description) shown after it, if any."""
-        user = self.prompt.format(title=self.title_text(title, example))
+        example_words, ``examples`` are the (title, cut description) pairs shown after it."""
+        user = self.prompt.format(title=self.title_text(title, examples))
         if self.kind == "text":
             return user
         messages = [{"role": "system", "content": self.system}] if self.system else []
         return messages + [{"role": "user", "content": user}]
 
-    def title_text(self, title: str, example: tuple[str, str] | None) -> str:
-        """What fills {title}: the title, followed by the example when there is one."""
-        if not self.example_words or example is None:
+    def title_text(self, title: str, examples: Sequence[tuple[str, str]]) -> str:
+        """What fills {title}: the title, followed by the examples when there are some."""
+        if not self.example_words or not examples:
             return title
-        return f"{title}\n\n{EXAMPLE_INTRO}\nTitle: {example[0]}\nDescription: {example[1]}"
+        shown = "\n\n".join(f"Title: {t}\nDescription: {d}" for t, d in examples)
+        return f"{title}\n\n{EXAMPLE_INTROS[len(examples) - 1]}\n{shown}"
 
     def format_completion(self, content: str) -> Any:
         """The training target for ``content``, in the same form as :meth:`format_prompt`."""
@@ -97,10 +103,13 @@ class PromptTemplate:
 
     def to_dict(self) -> dict[str, Any]:
         """The template as stored in manifests and adapters (and hashed into their identities);
-        example_words only when on, so templates without an example keep their identity."""
+        example_words only when on and examples only when more than one, so templates written
+        before either setting keep their identity."""
         out = asdict(self)
         if not self.example_words:
             out.pop("example_words")
+        if not self.example_words or self.examples == 1:
+            out.pop("examples")
         return out
 
 
@@ -119,7 +128,11 @@ def _check_fields(where: str, part: str, text: str, allowed: set[str], required:
         raise ConfigError(f"{where}: {part} must contain {{{required}}}")
 
 
-EXAMPLE_INTRO = "A similar product in the store, for reference:"
+EXAMPLE_INTROS = tuple(
+    ["A similar product in the store, for reference:"]
+    + [f"{n} similar products in the store, for reference:" for n in ("Two", "Three", "Four", "Five")]
+)
+"""The line before the examples, by how many there are (data.examples)."""
 
 SYSTEM = (
     "You write product descriptions for an online store. Given a product title, write the "
@@ -177,7 +190,7 @@ def template_for(cfg: "Config", paths: "RunPaths") -> PromptTemplate:
         )
     else:
         template = load_template_file(paths.inside_root(spec, "data.template"))
-    return replace(template, example_words=cfg.data.example_words)
+    return replace(template, example_words=cfg.data.example_words, examples=cfg.data.examples)
 
 
 def load_template_file(path: Path) -> PromptTemplate:
@@ -190,21 +203,22 @@ def load_template_file(path: Path) -> PromptTemplate:
         raise ConfigError(f"prompt template file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"prompt template file {path} must be a mapping of fields")
-    if "example_words" in raw:
-        raise ConfigError(f"prompt template file {path}: remove example_words and set data.example_words instead")
+    for key in ("example_words", "examples"):
+        if key in raw:
+            raise ConfigError(f"prompt template file {path}: remove {key} and set data.{key} instead")
     return from_dict({"name": path.stem, **raw}, where=str(path))
 
 
 def from_dict(raw: dict[str, Any], where: str = "template") -> PromptTemplate:
     """Rebuild a template (from a manifest or a YAML file), rejecting unknown fields."""
-    known = {"name", "kind", "prompt", "completion", "system", "example_words"}
+    known = {"name", "kind", "prompt", "completion", "system", "example_words", "examples"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown template field '{unknown[0]}' (known: {', '.join(sorted(known))})")
     for key, value in raw.items():
-        if key == "example_words":
+        if key in ("example_words", "examples"):
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{where}: template field 'example_words' must be a whole number, got {value!r}")
+                raise ConfigError(f"{where}: template field '{key}' must be a whole number, got {value!r}")
         elif not isinstance(value, str):
             raise ConfigError(f"{where}: template field '{key}' must be text, got {value!r}")
     if "kind" not in raw or "prompt" not in raw:

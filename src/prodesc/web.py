@@ -3,8 +3,8 @@
 A title box, every decoding knob of the ``eval`` section plus the seed, and the base and fine-tuned
 descriptions side by side; the fine-tuned one streams in as it is generated (greedy or sampling;
 beam search and eval.mbr_samples show it when done). Example titles come from the test split of
-the prepared data. A model trained with data.example_words sees each title with an example (the
-most similar product of the training split): the page shows it under the descriptions.
+the prepared data. A model trained with data.example_words sees each title with examples (the
+data.examples most similar products of the training split): the page shows them under the descriptions.
 
 The page calls :meth:`prodesc.demo.Demo.generate`, the same code as the command line, so a title
 gives the same description on both. gradio is imported inside the functions only.
@@ -88,10 +88,10 @@ def settings_from(cfg: Config, values: dict[str, Any]) -> tuple[Any, int]:
 
 
 def example_text(demo: Any, title: str) -> str:
-    """The example ``demo`` puts in ``title``'s prompt (data.example_words), as the page shows it:
-    its title, a blank line, the words of its description the model reads; "" when none."""
-    example = demo.example(title.strip())
-    return "" if example is None else f"{example[0]}\n\n{example[1]}"
+    """The examples ``demo`` puts in ``title``'s prompt (data.example_words), as the page shows
+    them: each one's title, a blank line, the words of its description the model reads, a blank
+    line between them; "" when none."""
+    return "\n\n".join(f"{t}\n\n{d}" for t, d in demo.examples_for(title.strip()))
 
 
 class Describer:
@@ -181,8 +181,10 @@ def build_app(demo: Any, cfg: Config, examples: list[str]) -> Any:
             tuned = gr.Textbox(label="fine-tuned", elem_id="tuned-output", lines=8, interactive=False)
         outputs = [base, tuned]
         if with_example:
+            several = demo.template.examples > 1
             outputs.append(gr.Textbox(
-                label="example in the prompt: the most similar training product (data.example_words)",
+                label="examples in the prompt: the most similar training products (data.examples)" if several
+                else "example in the prompt: the most similar training product (data.example_words)",
                 elem_id="example-output", lines=3, interactive=False,
             ))
         with gr.Accordion("decoding settings", open=False):
