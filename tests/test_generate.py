@@ -19,6 +19,7 @@ from prodesc.generate import (
     describe,
     generate_kwargs,
     render_prompts,
+    turn_token_ids,
 )
 from prodesc.templates import BUILTIN
 
@@ -90,6 +91,8 @@ def test_length_knobs_leave_old_cache_keys_alone():
     exactly the settings it held before, so generations cached then are still reused."""
     before = {"max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k",
               "repetition_penalty", "no_repeat_ngram_size"}
+    assert set(GenSettings(stop_at_turn=False).decoding()) == before
+    before |= {"stop_at_turn"}  # on by default, so the key names it: outputs may differ
     assert set(GenSettings().decoding()) == before
     knobs_on = GenSettings(min_new_tokens=4, eos_bias=-1.0)
     assert set(knobs_on.decoding()) == before | {"min_new_tokens", "eos_bias"}
@@ -180,6 +183,53 @@ def test_length_knobs_on_a_model_that_stops_at_once(tiny_model_dir):
     describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, eos_bias=-50.0),
              progress=False)  # a smaller push: the end stays the likeliest token
     assert calls[-1] == [[tok.eos_token_id]] * len(TITLES)
+
+
+def test_turn_tokens_end_the_text_and_wait_for_min_new_tokens(tiny_model_dir):
+    """eval.stop_at_turn: a tiny model that prefers the end token (+100), then ChatML's turn start
+    <|im_start|> (+90). With min_new_tokens holding the end back and the setting off, it writes the
+    turn start (what SmolLM2 does before a made-up "user" turn); on, the turn start is held back
+    too, so the first tokens are text, and after them the end comes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    turn = tok.convert_tokens_to_ids("<|im_start|>")
+    assert turn_token_ids(tok) == [turn] and turn != tok.eos_token_id
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.get_output_embeddings().weight)
+        head.bias.zero_()
+        head.bias[tok.eos_token_id] = 100.0
+        head.bias[turn] = 90.0
+    model.lm_head = head
+    wrapped = CountingModel(model)
+    off = GenSettings(max_new_tokens=12, min_new_tokens=4, stop_at_turn=False)
+    describe(wrapped, tok, BUILTIN["chat"], TITLES, off, progress=False)
+    assert wrapped.kwargs[-1]["eos_token_id"] == [tok.eos_token_id]
+    assert all(row[:4] == [turn] * 4 for row in wrapped.new_ids[-1]), wrapped.new_ids[-1]
+    describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, min_new_tokens=4), progress=False)
+    assert wrapped.kwargs[-1]["eos_token_id"] == [tok.eos_token_id, turn]
+    for row in wrapped.new_ids[-1]:
+        assert len(row) == 5 and not {turn, tok.eos_token_id} & set(row[:4]) and row[4] == tok.eos_token_id, row
+
+
+def test_turn_tokens_of_other_chat_formats_and_none_without_one(tiny_model_dir):
+    """The chat format's own special tokens, EOS left out; nothing for a tokenizer without a chat
+    template (FLAN-T5) or with the setting off; the setting keys cached outputs only when on."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tok.chat_template = (  # Llama-3-like: a turn is <|im_start|>role<|endoftext|>…<|im_end|>
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}<|endoftext|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    )
+    ids = tok.convert_tokens_to_ids(["<|im_start|>", "<|endoftext|>"])
+    assert turn_token_ids(tok) == ids
+    tok.chat_template = None
+    assert turn_token_ids(tok) == [] and generate_kwargs(GenSettings(), tok)["eos_token_id"] == [tok.eos_token_id]
+    assert GenSettings().decoding()["stop_at_turn"] is True
+    assert "stop_at_turn" not in GenSettings(stop_at_turn=False).decoding()  # off: the keys of older caches
 
 
 def test_output_scope_penalty_uses_the_built_in_arithmetic():

@@ -280,6 +280,11 @@ class EvalConfig:
     model never penalises its prompt."""
     no_repeat_ngram_size: int = 0
     """Forbid repeating any n-gram of this size (0 = off)."""
+    stop_at_turn: bool = True
+    """End a description at any special token of the tokenizer's chat format (a turn's start or
+    end, e.g. SmolLM2's <|im_start|>), not only at EOS. Off, a model whose EOS eval.min_new_tokens
+    holds back writes that token instead and then a made-up next turn ("user\nWhat are some other
+    books…"), which decoding hides as plain text. No effect for a tokenizer without a chat template."""
     mbr_samples: int = 0
     """Minimum Bayes risk decoding (0 = off): sample this many candidates per title (with
     eval.temperature/top_p/top_k and the run's seed, whatever eval.do_sample says) and keep the one

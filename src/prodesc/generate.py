@@ -58,6 +58,7 @@ class GenSettings:
     repetition_penalty: float = EvalConfig.repetition_penalty
     repetition_scope: str = EvalConfig.repetition_scope
     no_repeat_ngram_size: int = EvalConfig.no_repeat_ngram_size
+    stop_at_turn: bool = EvalConfig.stop_at_turn
     mbr_samples: int = EvalConfig.mbr_samples
     mbr_metric: str = EvalConfig.mbr_metric
     mbr_references: int = EvalConfig.mbr_references
@@ -82,6 +83,8 @@ class GenSettings:
         if not out["mbr_samples"]:  # likewise; the metric matters only with candidates
             out.pop("mbr_samples")
             out.pop("mbr_metric")
+        if not out["stop_at_turn"]:  # off: what caches written before the setting existed did
+            out.pop("stop_at_turn")
         if not self.samples:  # greedy or beams ignore them: any value keys as the default does
             for knob in ("temperature", "top_p", "top_k"):
                 out[knob] = getattr(EvalConfig, knob)
@@ -118,7 +121,7 @@ def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) ->
         "repetition_penalty": settings.repetition_penalty,
         "no_repeat_ngram_size": settings.no_repeat_ngram_size,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": eos_ids(tokenizer, model),
+        "eos_token_id": list(dict.fromkeys(eos_ids(tokenizer, model) + (turn_token_ids(tokenizer) if settings.stop_at_turn else []))),
     }
     if settings.candidates > 1:
         kwargs["num_return_sequences"] = settings.candidates
@@ -183,6 +186,19 @@ def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
         if value is not None and int(value) not in ids:
             ids.append(int(value))
     return ids
+
+
+def turn_token_ids(tokenizer: Any) -> list[int]:
+    """The special tokens of the tokenizer's chat format that are not EOS (eval.stop_at_turn):
+    those a rendered two-turn conversation holds, e.g. <|im_start|> for ChatML, <|start_header_id|>
+    and <|eot_id|> for Llama 3. Empty without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    text = tokenizer.apply_chat_template(turns, tokenize=False)
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    found = dict.fromkeys(i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i in special)
+    return [i for i in found if i != tokenizer.eos_token_id]
 
 
 def prepare_for_generation(tokenizer: Any, fam: family.Family = family.CAUSAL) -> Any:
