@@ -121,7 +121,7 @@ def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) ->
         "repetition_penalty": settings.repetition_penalty,
         "no_repeat_ngram_size": settings.no_repeat_ngram_size,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": list(dict.fromkeys(eos_ids(tokenizer, model) + (turn_token_ids(tokenizer) if settings.stop_at_turn else []))),
+        "eos_token_id": stop_ids(settings, tokenizer, model),
     }
     if settings.candidates > 1:
         kwargs["num_return_sequences"] = settings.candidates
@@ -185,6 +185,15 @@ def eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
     for value in extra if isinstance(extra, (list, tuple)) else [extra]:
         if value is not None and int(value) not in ids:
             ids.append(int(value))
+    return ids
+
+
+def stop_ids(settings: GenSettings, tokenizer: Any, model: Any = None) -> list[int]:
+    """The tokens that end a description: EOS (:func:`eos_ids`), and with eval.stop_at_turn the
+    chat format's other special tokens (:func:`turn_token_ids`)."""
+    ids = eos_ids(tokenizer, model)
+    if settings.stop_at_turn:
+        ids += [i for i in turn_token_ids(tokenizer) if i not in ids]
     return ids
 
 

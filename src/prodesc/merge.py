@@ -254,10 +254,10 @@ def eval_rows(
 def check_examples(cfg: Config, template: templates.PromptTemplate) -> None:
     """The adapter was trained with the data.example_words and data.examples of ``cfg`` (03 and 04
     find its examples in the prepared data those settings name)."""
-    for key, trained, configured in (
-        ("example_words", template.example_words, cfg.data.example_words),
-        ("examples", template.examples, cfg.data.examples if template.example_words else template.examples),
-    ):
+    checks = [("example_words", template.example_words, cfg.data.example_words)]
+    if template.example_words:
+        checks.append(("examples", template.examples, cfg.data.examples))
+    for key, trained, configured in checks:
         if trained != configured:
             raise UserError(
                 f"the adapter was trained with data.{key}={trained} but the config says {configured}: "

@@ -11,9 +11,9 @@ file; other files are read line by line, with the same result. A seeded
 hash of each (title, content) pair then picks the subsample and the train/validation/test splits,
 so the same data and seed give the same splits whatever the file's order, format or compression.
 With data.example_words, every row also gets its examples: the data.examples training rows whose
-titles share the most words with its own (never itself), stored as the lists example_title/
-example_content and shown in its prompt (prodesc.retrieval). The result appears under its final name only when complete;
-re-running with the same settings skips the work (overwrite=true redoes it).
+titles share the most words with its own (never itself), stored as the lists example_title and
+example_content and shown in its prompt (prodesc.retrieval). The result appears under its final
+name only when complete; re-running with the same settings skips the work (overwrite=true redoes it).
 """
 
 from __future__ import annotations
@@ -569,7 +569,9 @@ def split_rows(parts: list[Path], selected, bounds, dedup: bool) -> Iterator[tup
                 yield names[split], uid, title, content
 
 
-def find_examples(rows: Iterator[tuple[str, str, str, str]], words: int, count: int = 1) -> dict[str, list[list[Example]]]:
+def find_examples(
+    rows: Iterator[tuple[str, str, str, str]], words: int, count: int = 1
+) -> dict[str, list[list[Example]]]:
     """data.example_words: each selected row's examples (by split, in the order of ``rows``), the
     ``count`` most similar training rows' titles and first ``words`` words of description, most
     similar first; a training row never gets itself. Fewer where the training split holds fewer."""
@@ -775,7 +777,9 @@ def format_manifest(manifest: dict[str, Any]) -> str:
     lines = [f"{label:<{width}}  {value:>10,}" for label, value in rows]
     words = manifest["template"].get("example_words")
     count = manifest["template"].get("examples", 1)
-    example = (f" + {count} examples of {words} words" if count > 1 else f" + an example of {words} words") if words else ""
+    example = ""
+    if words:
+        example = f" + {count} examples of {words} words" if count > 1 else f" + an example of {words} words"
     lines.append(f"template: {manifest['template']['name']}{example}   took {manifest['duration_s']} s")
     return "\n".join(lines)
 

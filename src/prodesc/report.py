@@ -44,9 +44,10 @@ EXAMPLE_TITLES_JOIN = " | "
 def side_by_side_rows(
     rows: Sequence[dict[str, Any]], outputs: dict[str, list[str]], rouge_l: dict[str, list[float]]
 ) -> list[dict[str, Any]]:
-    """One dict per evaluated row: uid, title, (example_title: the examples' titles in the prompt,
-    with data.example_words, joined by " | "), reference, <label>_output..., rougeL_<label>..., rougeL_delta (tuned -
-    base). ``outputs``/``rouge_l`` are keyed by model label; base and tuned come first."""
+    """One dict per evaluated row: uid, title, (example_title: the titles of the examples in the
+    prompt, with data.example_words, joined by " | "), reference, <label>_output...,
+    rougeL_<label>..., rougeL_delta (tuned - base). ``outputs``/``rouge_l`` are keyed by model
+    label; base and tuned come first."""
     labels = list(outputs)
     table = []
     for i, row in enumerate(rows):

@@ -134,7 +134,8 @@ class ExampleFinder:
     (the web page and 04, which take any title)."""
 
     def __init__(self, titles: Sequence[str], contents: Sequence[str], words: int, count: int = 1) -> None:
-        self.titles, self.contents, self.words, self.count = list(titles), list(contents), words, count
+        self.titles, self.contents = list(titles), list(contents)
+        self.words, self.count = words, count
         self.index = TitleIndex(self.titles)
 
     def examples(self, title: str) -> list[Example]:

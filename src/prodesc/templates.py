@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from prodesc.errors import ConfigError
+from prodesc.retrieval import MAX_EXAMPLES
 
 if TYPE_CHECKING:
     from prodesc.config import Config
@@ -62,8 +63,10 @@ class PromptTemplate:
             raise ConfigError(f"{where}: 'system' is only for kind: chat")
         if not isinstance(self.example_words, int) or self.example_words < 0:
             raise ConfigError(f"{where}: example_words must be a whole number >= 0, got {self.example_words!r}")
-        if not isinstance(self.examples, int) or not 1 <= self.examples <= len(EXAMPLE_INTROS):
-            raise ConfigError(f"{where}: examples must be a whole number from 1 to {len(EXAMPLE_INTROS)}, got {self.examples!r}")
+        if not isinstance(self.examples, int) or not 1 <= self.examples <= MAX_EXAMPLES:
+            raise ConfigError(
+                f"{where}: examples must be a whole number from 1 to {MAX_EXAMPLES}, got {self.examples!r}"
+            )
 
     def format_prompt(self, title: str, examples: Sequence[tuple[str, str]] = ()) -> Any:
         """The model input for ``title``: a list of messages (chat) or a string (text). With
@@ -132,6 +135,7 @@ EXAMPLE_INTROS = tuple(
     ["A similar product in the store, for reference:"]
     + [f"{n} similar products in the store, for reference:" for n in ("Two", "Three", "Four", "Five")]
 )
+assert len(EXAMPLE_INTROS) == MAX_EXAMPLES
 """The line before the examples, by how many there are (data.examples)."""
 
 SYSTEM = (
