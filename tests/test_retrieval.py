@@ -28,20 +28,8 @@ from rawfiles import SHARED_SAMPLE
 
 
 def brute_nearest(train: list[str], queries: list[str], exclude=None) -> list[int]:
-    """The definition: the highest title-word Jaccard, the earliest row among equals, never the
-    excluded row; -1 when no row is allowed."""
-    words = [retrieval.title_words(t) for t in train]
-    out = []
-    for i, q in enumerate(map(retrieval.title_words, queries)):
-        best, best_score = -1, -1.0
-        for row, t in enumerate(words):
-            if exclude is not None and exclude[i] == row:
-                continue
-            score = len(q & t) / (len(q | t) or 1)
-            if score > best_score:
-                best, best_score = row, score
-        out.append(best)
-    return out
+    """The one example of :func:`brute_nearest_k`; -1 when no row is allowed."""
+    return [rows[0] if rows else -1 for rows in brute_nearest_k(train, queries, 1, exclude)]
 
 
 def brute_nearest_k(train: list[str], queries: list[str], k: int, exclude=None) -> list[list[int]]:

@@ -37,6 +37,7 @@ from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.errors import UserError
 from prodesc.paths import RunPaths
+from prodesc.retrieval import titles_line
 
 PROMPT = "title> "
 MIN_COLUMN = 28
@@ -218,7 +219,7 @@ class Demo:
         shown = self.examples_for(title)
         if shown:
             label = "example" if len(shown) == 1 else "examples"
-            print(f"({label} in the prompt: {' | '.join(t for t, _ in shown)})", flush=True)
+            print(f"({label} in the prompt: {titles_line(shown)})", flush=True)
         print(f"{TUNED_HEADER} (streaming):" if self.stream else f"{TUNED_HEADER}: generating...", flush=True)
         tuned = self.generate(title, base=False)
         print(flush=True)

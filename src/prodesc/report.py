@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prodesc import atomic
+from prodesc.retrieval import titles_line
 
 MAIN_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "semantic_similarity")
 """Metrics drawn in metrics.png (BLEU and chrF, on a 0-100 scale, are divided by 100)."""
@@ -37,10 +38,6 @@ EXAMPLES = 20
 """Rows in improved_examples.csv, worst_regressions.csv and the HTML sample."""
 
 
-EXAMPLE_TITLES_JOIN = " | "
-"""Between the examples' titles in the CSVs' example_title column (data.examples > 1)."""
-
-
 def side_by_side_rows(
     rows: Sequence[dict[str, Any]], outputs: dict[str, list[str]], rouge_l: dict[str, list[float]]
 ) -> list[dict[str, Any]]:
@@ -53,7 +50,7 @@ def side_by_side_rows(
     for i, row in enumerate(rows):
         item: dict[str, Any] = {"uid": row["uid"], "title": row["title"]}
         if "examples" in row:
-            item["example_title"] = EXAMPLE_TITLES_JOIN.join(t for t, _ in row["examples"])
+            item["example_title"] = titles_line(row["examples"])
         item["reference"] = row["content"]
         for label in labels:
             item[f"{label}_output"] = outputs[label][i]

@@ -30,6 +30,11 @@ Example = tuple[str, str]
 data.examples of them, the most similar first."""
 
 
+def titles_line(examples: Sequence[Example]) -> str:
+    """The examples' titles on one line, " | " between them (side_by_side.csv, 04's printout)."""
+    return " | ".join(title for title, _ in examples)
+
+
 def stored_examples(titles: Any, contents: Any) -> list[Example]:
     """A row's examples from its example_title/example_content columns: one list entry per
     example, or one text each in data prepared before data.examples existed (None: no example)."""

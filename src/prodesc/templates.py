@@ -135,8 +135,8 @@ EXAMPLE_INTROS = tuple(
     ["A similar product in the store, for reference:"]
     + [f"{n} similar products in the store, for reference:" for n in ("Two", "Three", "Four", "Five")]
 )
-assert len(EXAMPLE_INTROS) == MAX_EXAMPLES
 """The line before the examples, by how many there are (data.examples)."""
+assert len(EXAMPLE_INTROS) == MAX_EXAMPLES
 
 SYSTEM = (
     "You write product descriptions for an online store. Given a product title, write the "
