@@ -353,7 +353,10 @@ def test_web_page_shows_the_examples_in_the_prompt(example_run):
     boxes = {c.get("props", {}).get("elem_id"): c["props"] for c in app.get_config_file()["components"]}
     assert boxes["example-output"]["label"].startswith("example in" if cfg.data.examples == 1 else "examples in")
     handler = next(f.fn for f in app.fns.values() if len(f.outputs) == 3)
+    searched, search = [], demo.examples.examples
+    demo.examples.examples = lambda t: searched.append(t) or search(t)
     *_, (base, tuned, shown) = handler(f"  {title} ", *knob_values(cfg))
+    assert searched == [title]  # the box and the prompt share one search
     assert shown == "\n\n".join(f"{train['title'][w]}\n\n{retrieval.cut(train['content'][w], 4)}" for w in want)
     assert base == web.NO_BASE and tuned
     demo.examples = None  # a model trained on the title alone: no box, (base, tuned) only

@@ -40,6 +40,8 @@ from prodesc.paths import RunPaths
 from prodesc.retrieval import titles_line
 
 PROMPT = "title> "
+SHOWN_TITLES = 256
+"""Titles whose examples :meth:`Demo.examples_for` keeps (then it starts again)."""
 MIN_COLUMN = 28
 """Narrower columns than this: the two descriptions are printed one after the other."""
 GAP = " | "
@@ -166,6 +168,7 @@ class Demo:
         # eval.mbr_references, whatever eval.mbr_samples says: the web page's knobs can turn MBR on
         self.references = reference_descriptions(paths, cfg.eval.mbr_references, cfg.seed)
         self.examples = example_finder(cfg, paths, template)
+        self.shown: dict[str, list[Any]] = {}  # title -> its examples: a request asks up to 3 times
         self.source = tuned_source(paths)
         folder = paths.merged if self.source == "merged" else paths.adapter
         self.tokenizer = prepare_for_generation(merge.load_tokenizer(folder, cfg))
@@ -211,8 +214,15 @@ class Demo:
         return outputs[0]
 
     def examples_for(self, title: str) -> list[Any]:
-        """The examples shown with ``title`` (data.example_words; none when off)."""
-        return self.examples.examples(title) if self.examples is not None else []
+        """The examples shown with ``title`` (data.example_words; none when off), searched once
+        per title: showing them and the two models' prompts ask for the same ones."""
+        if self.examples is None:
+            return []
+        if title not in self.shown:
+            if len(self.shown) >= SHOWN_TITLES:
+                self.shown.clear()
+            self.shown[title] = self.examples.examples(title)
+        return self.shown[title]
 
     def show(self, title: str) -> None:
         print(f"\n=== {title}", flush=True)
