@@ -84,7 +84,7 @@ def test_greedy_is_deterministic_and_a_seed_fixes_sampling(web_run):
     assert len({final(seed=s, **hot) for s in range(4)}) > 1  # other seeds, other samples
 
 
-def test_beam_search_knob_reaches_generate_and_no_base_says_so(web_run, monkeypatch):
+def test_beam_and_turn_knobs_reach_generate_and_no_base_says_so(web_run, monkeypatch):
     from transformers.generation.utils import GenerationMixin
 
     cfg, _, demo = load_demo(web_run[0], with_base=False)
@@ -96,6 +96,12 @@ def test_beam_search_knob_reaches_generate_and_no_base_says_so(web_run, monkeypa
     steps = list(Describer(demo, cfg)(TITLE, *knob_values(cfg, num_beams=3, no_repeat_ngram_size=2)))
     assert len(steps) == 2 and steps[-1][0] == NO_BASE  # beams: no streaming, one final answer
     assert calls[-1]["num_beams"] == 3 and calls[-1]["no_repeat_ngram_size"] == 2
+    # the turn-token knob: off, only EOS ends the text; on, the chat format's turn tokens too
+    stops = {}
+    for on in (False, True):
+        list(Describer(demo, cfg)(TITLE, *knob_values(cfg, stop_at_turn=on, max_new_tokens=8)))
+        stops[on] = calls[-1]["eos_token_id"]
+    assert set(stops[False]) < set(stops[True]), stops
 
 
 def test_bad_knob_values_and_an_empty_title_are_page_errors(web_run):

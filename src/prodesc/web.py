@@ -1,10 +1,11 @@
 """The web page of ``04_quick_demo.py --web``: a Gradio app over the demo's loaded models.
 
-A title box, every decoding knob of the ``eval`` section plus the seed, and the base and fine-tuned
-descriptions side by side; the fine-tuned one streams in as it is generated (greedy or sampling;
-beam search and eval.mbr_samples show it when done). Example titles come from the test split of
-the prepared data. A model trained with data.example_words sees each title with examples (the
-data.examples most similar products of the training split): the page shows them under the descriptions.
+A title box, the decoding knobs of the ``eval`` section (:data:`KNOBS`) plus the seed, and the base
+and fine-tuned descriptions side by side; the fine-tuned one streams in as it is generated (greedy
+or sampling; beam search and eval.mbr_samples show it when done). Example titles come from the test
+split of the prepared data. A model trained with data.example_words sees each title with examples
+(the data.examples most similar products of the training split): the page shows them under the
+descriptions.
 
 The page calls :meth:`prodesc.demo.Demo.generate`, the same code as the command line, so a title
 gives the same description on both. gradio is imported inside the functions only.
@@ -53,6 +54,7 @@ KNOBS = (
     Knob("repetition_penalty", "repetition penalty", 1.0, 2.0, 0.05),
     Knob("no_repeat_ngram_size", "no repeated n-grams of size (0 = off)", 0, 8, 1),
     Knob("mbr_samples", "sampled candidates to choose from (0 = off)", 0, 16, 1),
+    Knob("stop_at_turn", "stop at the chat format's turn tokens, as at its end token"),
     Knob("seed", "seed (fixes sampling)"),
 )
 
