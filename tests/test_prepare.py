@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from prodesc import prepare as prep
 from prodesc.config import load_config
 from prodesc.errors import DataError, UserError
 from prodesc.paths import RunPaths
-from prodesc.rawdata import clean_text
+from prodesc.rawdata import clean_text, respace_bindings
 from rawfiles import SHARED_SAMPLE, rows_for, write
+
+GLUED_NOTE = re.compile(r"refers to (?:an alternate|the)[A-Z]|[a-z)]edition\b")
+"""Amazon's edition note with the binding name glued to its neighbours (respace_bindings)."""
 
 FRACTIONS = ["data.train_size=0.8", "data.validation_size=0.1", "data.test_size=0.1"]
 
@@ -71,6 +75,10 @@ def test_real_rows_from_shared_data(tmp_path):
     entity_titles = {clean_text(r["title"]) for r in raw if "&#8217;" in r["content"]}
     kept = {r["title"]: r["content"] for split in ds.values() for r in split}
     assert any("’" in kept[t] for t in entity_titles if t in kept)
+    # 24 of these raw rows glue the binding into Amazon's edition note; 01 puts the spaces back
+    assert sum(bool(GLUED_NOTE.search(clean_text(r["content"]))) for r in raw) >= 20
+    assert not any(GLUED_NOTE.search(c) for c in kept.values())
+    assert any("refers to an alternate Paperback edition." in c for c in kept.values())
 
 
 # --------------------------------------------------------------------------- splits
@@ -83,6 +91,40 @@ def test_same_seed_same_splits_other_seed_other_splits(tmp_path):
     _, c, _ = run(tmp_path / "c", src, "seed=7")
     assert all(a[s]["uid"] == b[s]["uid"] for s in prep.SPLITS)
     assert set(a["test"]["uid"]) != set(c["test"]["uid"])
+
+
+def test_edition_note_is_respaced_without_moving_rows_between_splits(tmp_path, monkeypatch):
+    rows = rows_for(90)
+    for i, row in enumerate(rows):
+        if row["content"] and i % 2:
+            row["content"] += f" --This text refers to {'an alternate' if i % 4 == 1 else 'the'}Paperbackedition."
+    src = write(tmp_path / "trn.jsonl", rows)
+    _, fixed, _ = run(tmp_path / "fixed", src)
+    glued_rows = [r for split in fixed.values() for r in split if "Paperback edition." in r["content"]]
+    assert len(glued_rows) >= 20 and not any(GLUED_NOTE.search(r["content"]) for r in glued_rows)
+    monkeypatch.setattr(prep, "respace_bindings", lambda text: text)  # 01 as before the fix
+    _, before, _ = run(tmp_path / "before", src)
+    assert all(fixed[s]["uid"] == before[s]["uid"] for s in prep.SPLITS)  # the same rows, in order
+    assert sum(GLUED_NOTE.search(c) is not None for s in prep.SPLITS for c in before[s]["content"]) == len(glued_rows)
+
+
+@pytest.mark.parametrize(
+    "text, respaced",
+    [
+        ("--This text refers to an alternatePaperbackedition.", "--This text refers to an alternate Paperback edition."),
+        ("This text refers to theAudio Cassetteedition.", "This text refers to the Audio Cassette edition."),
+        ("This text refers to thePrint on Demand (Paperback)edition.",
+         "This text refers to the Print on Demand (Paperback) edition."),
+        ("a This text refers to theHardcoveredition. b This text refers to thePaperbackedition.",
+         "a This text refers to the Hardcover edition. b This text refers to the Paperback edition."),
+        # already spaced, or not the note: unchanged
+        ("This text refers to an out of print or unavailable edition of this title.", None),
+        ("This text refers to the Paperback edition.", None),
+        ("This text refers to theory. Its edition differs.", None),
+    ],
+)
+def test_respace_bindings(text, respaced):
+    assert respace_bindings(text) == (respaced or text)
 
 
 def test_counts_and_subsample(tmp_path):

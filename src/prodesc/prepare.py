@@ -10,6 +10,8 @@ JSON Lines such as trn.json are parsed by pyarrow in blocks of lines, on every c
 file; other files are read line by line, with the same result. A seeded
 hash of each (title, content) pair then picks the subsample and the train/validation/test splits,
 so the same data and seed give the same splits whatever the file's order, format or compression.
+The selected rows' descriptions get the spaces back in Amazon's edition note ("This text refers to
+an alternatePaperbackedition." → "… alternate Paperback edition.", rawdata.respace_bindings).
 With data.example_words, every row also gets its examples: the data.examples training rows whose
 titles share the most words with its own (never itself), stored as the lists example_title and
 example_content and shown in its prompt (prodesc.retrieval). The result appears under its final
@@ -38,7 +40,15 @@ from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.errors import DataError, UserError
 from prodesc.paths import RunPaths
-from prodesc.rawdata import FastPathUnavailable, RawReader, clean_arrow, clean_text, read_block, row_fields
+from prodesc.rawdata import (
+    FastPathUnavailable,
+    RawReader,
+    clean_arrow,
+    clean_text,
+    read_block,
+    respace_bindings,
+    row_fields,
+)
 from prodesc.retrieval import MAX_TRAIN_ROWS, Example, TitleIndex, cut
 from prodesc.templates import PromptTemplate, template_for
 
@@ -55,7 +65,8 @@ DROP_REASONS = MALFORMED + (
     "content_too_long",
     "duplicate",
 )
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Part of a prepared dataset's identity: 2 re-spaces Amazon's edition note (respace_bindings)."""
 EARLY_CHECK_ROWS = 2000
 
 
@@ -543,8 +554,9 @@ def assign_splits(keys: array, counts: dict[str, int]) -> tuple[Any, Any]:
 
 
 def split_rows(parts: list[Path], selected, bounds, dedup: bool) -> Iterator[tuple[str, str, str, str]]:
-    """(split, uid, title, content) for each selected row, in file order. With ``dedup`` each
-    selected key is taken once, at its first row (later rows with it are duplicates)."""
+    """(split, uid, title, content) for each selected row, in file order, the content with
+    Amazon's edition note re-spaced (:func:`respace_bindings`). With ``dedup`` each selected key
+    is taken once, at its first row (later rows with it are duplicates)."""
     import numpy as np
 
     names = ("test", "validation", "train")
@@ -566,7 +578,7 @@ def split_rows(parts: list[Path], selected, bounds, dedup: bool) -> Iterator[tup
             picked = batch.take(rows)
             columns = [picked.column(name).to_pylist() for name in ("uid", "title", "content")]
             for split, uid, title, content in zip(splits.tolist(), *columns):
-                yield names[split], uid, title, content
+                yield names[split], uid, title, respace_bindings(content)
 
 
 def find_examples(
