@@ -105,13 +105,15 @@ def test_edition_note_is_respaced_without_moving_rows_between_splits(tmp_path, m
     monkeypatch.setattr(prep, "respace_bindings", lambda text: text)  # 01 as before the fix
     _, before, _ = run(tmp_path / "before", src)
     assert all(fixed[s]["uid"] == before[s]["uid"] for s in prep.SPLITS)  # the same rows, in order
-    assert sum(GLUED_NOTE.search(c) is not None for s in prep.SPLITS for c in before[s]["content"]) == len(glued_rows)
+    glued_before = [c for s in prep.SPLITS for c in before[s]["content"] if GLUED_NOTE.search(c)]
+    assert len(glued_before) == len(glued_rows)
 
 
 @pytest.mark.parametrize(
     "text, respaced",
     [
-        ("--This text refers to an alternatePaperbackedition.", "--This text refers to an alternate Paperback edition."),
+        ("--This text refers to an alternatePaperbackedition.",
+         "--This text refers to an alternate Paperback edition."),
         ("This text refers to theAudio Cassetteedition.", "This text refers to the Audio Cassette edition."),
         ("This text refers to thePrint on Demand (Paperback)edition.",
          "This text refers to the Print on Demand (Paperback) edition."),
@@ -281,7 +283,12 @@ def test_rerun_skips_overwrite_redoes_and_a_changed_source_is_refused(tmp_path, 
     redone, _, _ = run(tmp_path, src, "overwrite=true")
     assert redone["created"] >= first["created"] and redone["fingerprint"] == first["fingerprint"]
     write(src, rows_for(120))  # the source file changed under the same settings
-    with pytest.raises(UserError, match="overwrite=true"):
+    with pytest.raises(UserError, match="another source or with other settings: pass overwrite=true"):
+        run(tmp_path, src)
+    manifest = json.loads(paths.prepared_manifest.read_text())
+    manifest["format_version"] -= 1  # as written by the prodesc before the last format change
+    paths.prepared_manifest.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="prepared by an older prodesc .*: pass overwrite=true"):
         run(tmp_path, src)
 
 

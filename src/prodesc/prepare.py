@@ -692,6 +692,12 @@ def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any
         if existing.get("fingerprint") == ident:
             log(f"already prepared: {paths.prepared} (overwrite=true to redo)")
             return existing
+        if existing.get("format_version") != FORMAT_VERSION:
+            raise UserError(
+                f"{paths.prepared} was prepared by an older prodesc (format "
+                f"{existing.get('format_version')}; this one writes {FORMAT_VERSION}, see FORMAT_VERSION): "
+                "pass overwrite=true to rebuild it, or set data.name=<new name> to keep it"
+            )
         raise UserError(
             f"{paths.prepared} holds data prepared from another source or with other settings: "
             "pass overwrite=true to rebuild it, or set data.name=<new name>"
