@@ -694,8 +694,8 @@ def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any
             return existing
         if existing.get("format_version") != FORMAT_VERSION:
             raise UserError(
-                f"{paths.prepared} was prepared by an older prodesc (format "
-                f"{existing.get('format_version')}; this one writes {FORMAT_VERSION}, see FORMAT_VERSION): "
+                f"{paths.prepared} was prepared by an older prodesc (data format "
+                f"{existing.get('format_version')}; this one writes {FORMAT_VERSION}): "
                 "pass overwrite=true to rebuild it, or set data.name=<new name> to keep it"
             )
         raise UserError(
