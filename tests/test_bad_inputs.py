@@ -416,7 +416,7 @@ CASES = [
     Case("unknown-model-offline", "02_sft_qlora.py", lambda c: tiny(c, "model.name=some/unknown-repo"), 2,
          names=r"cannot load model\.name 'some/unknown-repo'",
          fix=r"use model\.name=smollm2-135m-instruct offline or give a local model folder",
-         may_add=("root/runs/tiny/config.yaml",)),
+         may_add=("root/runs/tiny/config.yaml", "root/runs/tiny/prepared_data.json")),
     Case("no-prepared-data-for-02", "02_sft_qlora.py", lambda c: tiny(c, "data.name=never-prepared"), 2,
          names=r"no prepared data at <root>/data/prepared/never-prepared", fix=r"run 01_prepare\.py first"),
     Case("prepared-with-another-template", "02_sft_qlora.py", lambda c: tiny(c, "data.template=alpaca"), 2,

@@ -62,6 +62,7 @@ def test_run_paths_layout(tmp_path):
         assert getattr(rp, name) == rp.run / name
     assert rp.merged == rp.run / "merged_fp16"
     assert rp.config_file == rp.run / "config.yaml"
+    assert rp.data_record == rp.run / "prepared_data.json"
 
 
 def test_default_run_name_is_the_preset_and_prepared_name_tracks_settings(tmp_path):

@@ -220,6 +220,8 @@ def test_tiny_run_writes_every_artifact(finished_run):
     assert json.loads((paths.adapter / "prompt_template.json").read_text())["name"] == "chat"
     summary = json.loads((paths.run / "train_summary.json").read_text())
     assert SUMMARY_KEYS <= summary.keys()
+    manifest = json.loads(paths.prepared_manifest.read_text())
+    assert json.loads(paths.data_record.read_text())["fingerprint"] == manifest["fingerprint"]
     assert summary["steps"] == 12 and summary["backend"] == "hf" and summary["precision"] == "fp32"
     assert summary["train_tokens_seen"] > 0 and summary["real_tokens_per_s"] > 0
     rows = trainlog.read_history(paths.logs / "loss_history.csv")
@@ -297,6 +299,26 @@ def test_resume_refuses_a_changed_schedule(finished_run, tmp_path, change):
     # a harmless change (how often to log) is fine
     cfg, _ = stage_paths([o.replace(str(paths.root), str(new.root)) for o in overrides] + ["train.logging_steps=2"])
     assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new)).name == "checkpoint-12"
+
+
+def test_resume_refuses_data_that_01_rebuilt(finished_run, tmp_path):
+    """Killed mid-run, then 01 rebuilt the prepared data from another source file (here with fewer
+    rows): resuming would go on training on other rows, so it is refused until overwrite=true."""
+    overrides, paths = finished_run
+    new = _copy_run(paths, tmp_path)
+    cfg, _ = stage_paths([o.replace(str(paths.root), str(new.root)) for o in overrides])
+    same = train.prepared_fingerprint(new)
+    assert same and train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new), data_id=same).name == "checkpoint-12"
+    write_prepared(new, n_train=40)
+    rebuilt = train.prepared_fingerprint(new)
+    assert rebuilt != same
+    with pytest.raises(UserError, match=r"prepared data at .* changed since this run's checkpoints.*overwrite=true"):
+        train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new), data_id=rebuilt)
+    new.data_record.unlink()  # a run started before the record existed: nothing to compare
+    assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new), data_id=rebuilt).name == "checkpoint-12"
+    cfg, _ = stage_paths([o.replace(str(paths.root), str(new.root)) for o in overrides] + ["overwrite=true"])
+    assert train.plan_start(cfg, new, checkpoints.checkpoint_dirs(cfg, new), data_id=rebuilt) is None
+    assert json.loads(new.data_record.read_text())["fingerprint"] == rebuilt
 
 
 def test_starting_over_needs_overwrite(finished_run, tmp_path):

@@ -129,6 +129,12 @@ class RunPaths:
         return self.run / "config.yaml"
 
     @property
+    def data_record(self) -> Path:
+        """The prepared data a run trained on (its manifest's fingerprint), written by 02 when it
+        starts: a resume on data 01 has since rebuilt differently is refused."""
+        return self.run / "prepared_data.json"
+
+    @property
     def checkpoints(self) -> Path:
         return self.run / "checkpoints"
 

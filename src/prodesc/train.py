@@ -33,7 +33,7 @@ from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.errors import ConfigError, UserError
 from prodesc.paths import RunPaths
-from prodesc.prepare import open_prepared
+from prodesc.prepare import open_prepared, read_manifest
 
 TENSORBOARD_ENV = "TENSORBOARD_LOGGING_DIR"
 
@@ -89,11 +89,12 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     fam = family.for_config(cfg)  # reads config.json only: no transformers import yet
     backend = models.select_backend(cfg, fam)  # first: Unsloth must be imported before transformers
     template, data = load_prepared(cfg, paths)
+    data_id = prepared_fingerprint(paths)
     dirs = checkpoints.checkpoint_dirs(cfg, paths)
     args = training_args(cfg, paths, dirs, backend, fam)
     main_proc = args.process_index == 0
     with args.main_process_first(local=False, desc="resume check"):
-        resume = plan_start(cfg, paths, dirs, is_main=main_proc)
+        resume = plan_start(cfg, paths, dirs, is_main=main_proc, data_id=data_id)
         model_path = models.resolve_model_path(cfg, paths)
     if resume is not None and checkpoints.reached_max_steps(resume):
         if main_proc:  # stopped after its last checkpoint, before adapter/ was written
@@ -266,12 +267,16 @@ def already_trained(cfg: Config, paths: RunPaths) -> bool:
     return True
 
 
-def plan_start(cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs, is_main: bool = True) -> Path | None:
+def plan_start(
+    cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs, is_main: bool = True, data_id: str = ""
+) -> Path | None:
     """Decide where training starts: a checkpoint to resume, or None for a fresh start.
 
     Refuses to silently throw away a run's work: starting over while checkpoints or an adapter
-    exist needs overwrite=true. On the main process it also clears what a fresh start replaces,
-    removes incomplete checkpoints newer than the resume point, and saves config.yaml.
+    exist needs overwrite=true. Refuses to resume when the training settings, or the prepared data
+    (``data_id``, its manifest's fingerprint), changed since the run started. On the main process it
+    also clears what a fresh start replaces, removes incomplete checkpoints newer than the resume
+    point, and saves config.yaml and the data's fingerprint.
     """
     existing = [c for d in dirs.search() for c in checkpoints.list_checkpoints(d)]
     mode = cfg.resume.strip()
@@ -323,12 +328,41 @@ def plan_start(cfg: Config, paths: RunPaths, dirs: checkpoints.CheckpointDirs, i
                     checkpoints.remove_tree(d, truncate=d == dirs.mirror)
     if resume is not None:
         check_resume_config(cfg, paths)
+        check_resume_data(paths, data_id)
     if is_main:
         if resume is None:
             history = paths.logs / "loss_history.csv"
             history.unlink(missing_ok=True)
+            if data_id:
+                atomic.write_json(paths.data_record, {"prepared": str(paths.prepared), "fingerprint": data_id})
         atomic.write_text(paths.config_file, cfg.to_yaml())
     return resume
+
+
+def prepared_fingerprint(paths: RunPaths) -> str:
+    """The fingerprint in the prepared data's manifest (settings, seed, template, the source file's
+    size, the data format): it changes when 01 rebuilds the data from another source file or with
+    a newer prodesc."""
+    manifest = read_manifest(paths.prepared_manifest) or {}
+    return str(manifest.get("fingerprint", ""))
+
+
+def check_resume_data(paths: RunPaths, data_id: str) -> None:
+    """Refuse to resume on prepared data other than the run started with. A run started by an
+    older prodesc has no record: nothing to compare."""
+    record = paths.data_record
+    if not data_id or not record.is_file():
+        return
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{record} is unreadable ({err}): fix or delete it to resume") from None
+    if saved != data_id:
+        raise UserError(
+            f"the prepared data at {paths.prepared} changed since this run's checkpoints were written "
+            "(01 rebuilt it from another source file or with a newer prodesc): resuming would continue on "
+            "other rows. Pass overwrite=true to start over on the new data (or paths.run=NAME for a new run)"
+        )
 
 
 def check_resume_config(cfg: Config, paths: RunPaths) -> None:
