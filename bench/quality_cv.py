@@ -21,6 +21,12 @@ in several seeds' test splits: each time it is scored by a different model) and 
 With --split validation the same is done on each seed's validation split: compare recipes
 there (one --name per recipe), then score the chosen one on the test splits.
 
+With --without-edition-note every text (references, outputs, the two reference points) is scored
+with Amazon's edition note cut out ("This text refers to an out of print or unavailable edition
+of this title."): a third of the sample's descriptions end with it, and a model that learns to
+write it after every title gains ROUGE and BLEU without describing anything. The report is then
+<name>-<split>-without-note.json.
+
 Writes <root>/quality_cv/<name>-<split>.json (atomically) and prints a table. Each seed takes
 about as long as the preset's 02 + 03 (cpu-quality: ~23 min on 2 cores, ~7 with
 eval.mbr_samples=0). A finished seed is not redone (02 and 03 skip what is complete), so an
@@ -50,6 +56,9 @@ STAGES = ("01_prepare.py", "02_sft_qlora.py", "03_merge_fp16.py")
 SCORES = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
 MODELS = ("base", "tuned", "constant", "nearest")  # the last two need no model
 MEDOID_POOL = 500  # training descriptions the constant is chosen from, at most
+EDITION_NOTE = re.compile(r"\s*-*\s*This text refers to (?:an?|the) [^.]*?edition(?: of this title)?\.", re.I)
+"""Amazon's note on which edition a description is for, as 01 writes it (re-spaced), with the
+dashes that often lead into it; any case, as models also write it after "--"."""
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> Path:
@@ -72,6 +81,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> Path:
 def read_rows(csv_path: Path, seed: int) -> list[dict]:
     with open(csv_path, encoding="utf-8-sig", newline="") as f:
         return [dict(r, seed=seed) for r in csv.DictReader(f)]
+
+
+def without_edition_note(rows: list[dict]) -> None:
+    """--without-edition-note: cut the note out of every text the rows hold."""
+    for row in rows:
+        for key in ("reference", *(f"{m}_output" for m in MODELS)):
+            row[key] = EDITION_NOTE.sub(" ", row[key]).strip()
 
 
 def words(text: str) -> set[str]:
@@ -159,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="score each seed's test split, or its validation split (to choose a recipe)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--without-edition-note", action="store_true",
+                        help="score every text with Amazon's edition note cut out")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every stage")
     args = parser.parse_args(argv)
     args.source = str(Path(args.source).resolve())
@@ -171,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         seed_rows = read_rows(run_seed(args, seed), seed)
         add_reference_points(args, seed, seed_rows)
+        if args.without_edition_note:
+            without_edition_note(seed_rows)
         rows += seed_rows
         per_seed[seed] = {m: scores(seed_rows, m)[0] for m in MODELS}
         lines += [f"seed {seed:<3} {MODELS[0]:<8} {fmt(per_seed[seed][MODELS[0]])}",
@@ -193,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {v}" for k, v in wins.items())]
     print("\n".join(lines[-(len(MODELS) + len(intervals) + 2):]))
     report = {"preset": args.preset, "name": args.name, "split": args.split, "source": args.source,
-              "seeds": args.seeds, "overrides": args.overrides, "per_seed": per_seed, "pooled": pooled,
+              "seeds": args.seeds, "overrides": args.overrides, "without_edition_note": args.without_edition_note,
+              "per_seed": per_seed, "pooled": pooled,
               "rows": len(rows), "bootstrap_95": intervals["base"],
               "bootstrap_95_vs": {m: iv for m, iv in intervals.items() if m != "base"},
               "seed_wins": wins, "table": lines}
-    out = args.root / "quality_cv" / f"{args.name}-{args.split}.json"
+    suffix = "-without-note" if args.without_edition_note else ""
+    out = args.root / "quality_cv" / f"{args.name}-{args.split}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(report, indent=2))
     print(f"written: {out}")
