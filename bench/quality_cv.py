@@ -23,8 +23,10 @@ there (one --name per recipe), then score the chosen one on the test splits.
 
 With --without-edition-note every text (references, outputs, the two reference points) is scored
 with Amazon's edition note cut out ("This text refers to an out of print or unavailable edition
-of this title."): a third of the sample's descriptions end with it, and a model that learns to
-write it after every title gains ROUGE and BLEU without describing anything. The report is then
+of this title.", rawdata.cut_edition_note): a quarter of the sample's descriptions end with it,
+and a model that learns to write it after every title gains ROUGE and BLEU without describing
+anything. 01 cuts it from the data itself (data.drop_edition_note, the default), so this is for
+runs prepared with data.drop_edition_note=false. The report is then
 <name>-<split>-without-note.json.
 
 Writes <root>/quality_cv/<name>-<split>.json (atomically) and prints a table. Each seed takes
@@ -51,14 +53,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 from prodesc import metrics  # noqa: E402
 from prodesc.atomic import write_text  # noqa: E402
+from prodesc.rawdata import cut_edition_note  # noqa: E402
 
 STAGES = ("01_prepare.py", "02_sft_qlora.py", "03_merge_fp16.py")
 SCORES = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
 MODELS = ("base", "tuned", "constant", "nearest")  # the last two need no model
 MEDOID_POOL = 500  # training descriptions the constant is chosen from, at most
-EDITION_NOTE = re.compile(r"\s*-*\s*This text refers to (?:an?|the) [^.]*?edition(?: of this title)?\.", re.I)
-"""Amazon's note on which edition a description is for, as 01 writes it (re-spaced), with the
-dashes that often lead into it; any case, as models also write it after "--"."""
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> Path:
@@ -87,7 +87,7 @@ def without_edition_note(rows: list[dict]) -> None:
     """--without-edition-note: cut the note out of every text the rows hold."""
     for row in rows:
         for key in ("reference", *(f"{m}_output" for m in MODELS)):
-            row[key] = EDITION_NOTE.sub(" ", row[key]).strip()
+            row[key] = cut_edition_note(row[key])
 
 
 def words(text: str) -> set[str]:

@@ -13,11 +13,14 @@ from prodesc import prepare as prep
 from prodesc.config import load_config
 from prodesc.errors import DataError, UserError
 from prodesc.paths import RunPaths
-from prodesc.rawdata import clean_text, respace_bindings
+from prodesc.rawdata import EDITION_NOTE, clean_text, cut_edition_note, cut_edition_note_arrow, respace_bindings
 from rawfiles import SHARED_SAMPLE, rows_for, write
 
 GLUED_NOTE = re.compile(r"refers to (?:an alternate|the)[A-Z]|[a-z)]edition\b")
 """Amazon's edition note with the binding name glued to its neighbours (respace_bindings)."""
+ANY_NOTE = re.compile(r"refers to (?:an?|the).*?edition", re.I)
+"""Amazon's edition note in any form (a looser pattern than 01's, to catch what it might miss)."""
+KEEP_NOTE = "data.drop_edition_note=false"
 
 FRACTIONS = ["data.train_size=0.8", "data.validation_size=0.1", "data.test_size=0.1"]
 
@@ -70,11 +73,29 @@ def test_real_rows_from_shared_data(tmp_path):
     manifest, ds, _ = run(tmp_path, SHARED_SAMPLE)
     check_invariants(manifest, ds)
     assert manifest["rows_read"] == 203
-    assert manifest["dropped"]["empty_content"] == 3
+    assert manifest["dropped"]["empty_content"] == 4  # 3 empty, 1 that was its edition note alone
     raw = [json.loads(line) for line in SHARED_SAMPLE.read_text().splitlines()]
     entity_titles = {clean_text(r["title"]) for r in raw if "&#8217;" in r["content"]}
     kept = {r["title"]: r["content"] for split in ds.values() for r in split}
     assert any("’" in kept[t] for t in entity_titles if t in kept)
+    # a third of these rows end with Amazon's edition note: 01 cuts it out (data.drop_edition_note)
+    noted = [r for r in raw if ANY_NOTE.search(r["content"])]
+    assert len(noted) >= 60
+    assert not any(ANY_NOTE.search(c) for c in kept.values())
+    assert not any("--This" in c or c.endswith("--") for c in kept.values())
+    # a description that was its note and a byline is too short once the note is cut
+    assert manifest["dropped"]["content_too_short"] >= 1
+    spaced = {clean_text(r["title"]) for r in noted} & set(kept)
+    assert len(spaced) >= 50  # the rest of those descriptions is kept
+
+
+@pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="../shared/data is not beside this checkout")
+def test_real_rows_keeping_the_edition_note(tmp_path):
+    manifest, ds, _ = run(tmp_path, SHARED_SAMPLE, KEEP_NOTE)
+    check_invariants(manifest, ds)
+    assert manifest["dropped"]["empty_content"] == 3
+    raw = [json.loads(line) for line in SHARED_SAMPLE.read_text().splitlines()]
+    kept = {r["title"]: r["content"] for split in ds.values() for r in split}
     # 24 of these raw rows glue the binding into Amazon's edition note; 01 puts the spaces back
     assert sum(bool(GLUED_NOTE.search(clean_text(r["content"]))) for r in raw) >= 20
     assert not any(GLUED_NOTE.search(c) for c in kept.values())
@@ -99,11 +120,11 @@ def test_edition_note_is_respaced_without_moving_rows_between_splits(tmp_path, m
         if row["content"] and i % 2:
             row["content"] += f" --This text refers to {'an alternate' if i % 4 == 1 else 'the'}Paperbackedition."
     src = write(tmp_path / "trn.jsonl", rows)
-    _, fixed, _ = run(tmp_path / "fixed", src)
+    _, fixed, _ = run(tmp_path / "fixed", src, KEEP_NOTE)
     glued_rows = [r for split in fixed.values() for r in split if "Paperback edition." in r["content"]]
     assert len(glued_rows) >= 20 and not any(GLUED_NOTE.search(r["content"]) for r in glued_rows)
     monkeypatch.setattr(prep, "respace_bindings", lambda text: text)  # 01 as before the fix
-    _, before, _ = run(tmp_path / "before", src)
+    _, before, _ = run(tmp_path / "before", src, KEEP_NOTE)
     assert all(fixed[s]["uid"] == before[s]["uid"] for s in prep.SPLITS)  # the same rows, in order
     glued_before = [c for s in prep.SPLITS for c in before[s]["content"] if GLUED_NOTE.search(c)]
     assert len(glued_before) == len(glued_rows)
@@ -127,6 +148,57 @@ def test_edition_note_is_respaced_without_moving_rows_between_splits(tmp_path, m
 )
 def test_respace_bindings(text, respaced):
     assert respace_bindings(text) == (respaced or text)
+
+
+@pytest.mark.parametrize(
+    "text, cut",
+    [
+        ("A novel. --This text refers to thePaperbackedition.", "A novel."),
+        ("A novel.--This text refers to an alternatePaperbackedition.", "A novel."),
+        ("Praise.' Sunday Times--This text refers to an out of print or unavailable edition of this title.",
+         "Praise.' Sunday Times"),
+        ("This text refers to thePrint on Demand (Paperback)edition.", ""),
+        ("a This text refers to theHardcoveredition. b This text refers to the Paperback edition. c", "a b c"),
+        ("A novel. — this text refers to the Kindle edition. More.", "A novel. More."),
+        ("A novel.--THIS TEXT REFERS TO THE HARDCOVER EDITION.", "A novel."),
+        # not the note: unchanged
+        ("This text refers to theory. Its edition differs.", None),
+        ("The text refers to the first edition of 1851.", None),
+        ("Refers to nothing at all", None),
+    ],
+)
+def test_cut_edition_note(text, cut):
+    import pyarrow as pa
+
+    assert cut_edition_note(text) == (text if cut is None else cut)
+    assert cut_edition_note_arrow(pa.array([text, "plain"])).to_pylist() == [cut_edition_note(text), "plain"]
+    assert re.compile(EDITION_NOTE).search(text) is None or cut is not None
+
+
+def test_edition_note_cut_before_the_length_filter_and_the_duplicate_check(tmp_path):
+    rows = rows_for(60)
+    body = "A long enough description of this product, the same twice."
+    rows += [
+        {"uid": "n1", "title": "Only a note", "content": "--This text refers to thePaperbackedition."},
+        {"uid": "n2", "title": "Note and a byline", "content": "By A. Writer--This text refers to theHardcoveredition."},
+        {"uid": "n3", "title": "Two editions", "content": body + "--This text refers to thePaperbackedition."},
+        {"uid": "n4", "title": "Two editions", "content": body + "--This text refers to theHardcoveredition."},
+    ]
+    src = write(tmp_path / "trn.jsonl", rows)
+    for fast in (True, False):
+        cfg = load_config("cpu", [f"data.source={src}", *FRACTIONS, f"data.name=fast-{fast}"])
+        paths = RunPaths.from_config(cfg, tmp_path)
+        manifest = prep.prepare(cfg, paths, fast=fast)
+        import datasets
+
+        kept = {r["uid"]: r["content"] for split in datasets.load_from_disk(str(paths.prepared_dataset)).values()
+                for r in split}
+        assert "n1" not in kept and "n2" not in kept  # empty / under data.min_content_chars once cut
+        assert ("n3" in kept) != ("n4" in kept) and body in kept.values()  # one copy, without its note
+        assert manifest["dropped"]["duplicate"] == 1
+    _, kept_note, _ = run(tmp_path / "keep", src, KEEP_NOTE)
+    contents = [c for split in kept_note.values() for c in split["content"]]
+    assert sum("Paperback edition." in c for c in contents) == 2 and sum(body in c for c in contents) == 2
 
 
 def test_counts_and_subsample(tmp_path):

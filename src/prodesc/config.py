@@ -124,6 +124,12 @@ class DataConfig:
     """Drop rows whose cleaned description is longer than this (0 = no limit)."""
     dedup: bool = True
     """Drop exact duplicate (title, content) pairs after cleaning."""
+    drop_edition_note: bool = True
+    """Cut Amazon's edition note out of every description while cleaning ("This text refers to an
+    out of print or unavailable edition of this title.", "…to the Paperback edition."): boilerplate
+    on about a third of the descriptions that a model otherwise learns to append to every title.
+    Rows left with too short a description are then dropped, and descriptions that differed only
+    in their note are duplicates. false keeps the note (with its spaces put back)."""
     subsample: int = 0
     """Keep a seeded random N of the usable rows before splitting (0 = all)."""
     train_size: float = 10000

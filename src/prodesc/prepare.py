@@ -10,8 +10,11 @@ JSON Lines such as trn.json are parsed by pyarrow in blocks of lines, on every c
 file; other files are read line by line, with the same result. A seeded
 hash of each (title, content) pair then picks the subsample and the train/validation/test splits,
 so the same data and seed give the same splits whatever the file's order, format or compression.
-The selected rows' descriptions get the spaces back in Amazon's edition note ("This text refers to
-an alternatePaperbackedition." → "… alternate Paperback edition.", rawdata.respace_bindings).
+Amazon's edition note ("This text refers to the Paperback edition.") is cut out of every
+description while cleaning (data.drop_edition_note, rawdata.cut_edition_note), before the length
+filter and the duplicate check; with data.drop_edition_note=false the selected rows' notes get
+their spaces back instead ("…to an alternatePaperbackedition." → "… alternate Paperback edition.",
+rawdata.respace_bindings).
 With data.example_words, every row also gets its examples: the data.examples training rows whose
 titles share the most words with its own (never itself), stored as the lists example_title and
 example_content and shown in its prompt (prodesc.retrieval). The result appears under its final
@@ -45,6 +48,8 @@ from prodesc.rawdata import (
     RawReader,
     clean_arrow,
     clean_text,
+    cut_edition_note,
+    cut_edition_note_arrow,
     read_block,
     respace_bindings,
     row_fields,
@@ -65,8 +70,9 @@ DROP_REASONS = MALFORMED + (
     "content_too_long",
     "duplicate",
 )
-FORMAT_VERSION = 2
-"""Part of a prepared dataset's identity: 2 re-spaces Amazon's edition note (respace_bindings)."""
+FORMAT_VERSION = 3
+"""Part of a prepared dataset's identity: 2 re-spaces Amazon's edition note (respace_bindings),
+3 cuts it out (data.drop_edition_note)."""
 EARLY_CHECK_ROWS = 2000
 
 
@@ -309,7 +315,9 @@ def _stream_blocks(cfg: Config, reader: RawReader, spill: Path, stats: PassStats
     of lines and writes its kept rows to a spill file of its own, in worker processes (one per
     core) for a big file; the blocks come back in order, and duplicates are counted here."""
     data = cfg.data
-    settings = BlockSettings(cfg.seed, data.min_title_chars, data.min_content_chars, data.max_content_chars)
+    settings = BlockSettings(
+        cfg.seed, data.min_title_chars, data.min_content_chars, data.max_content_chars, data.drop_edition_note
+    )
     workers = block_workers(reader.info.bytes)
     seen: set[int] = set()
     keys = array("Q")
@@ -358,6 +366,7 @@ class BlockSettings:
     min_title_chars: int
     min_content_chars: int
     max_content_chars: int
+    drop_edition_note: bool
 
 
 @dataclass(frozen=True)
@@ -448,6 +457,8 @@ def clean_block(settings: BlockSettings, block: bytes, out: str) -> BlockResult:
         dropped["empty_content"] = has_content.false_count
         uid, title, content = (a.filter(has_content) for a in (uid, title, content))
     title, content = clean_arrow(title), clean_arrow(content)
+    if settings.drop_edition_note:
+        content = cut_edition_note_arrow(content)
     title_len, content_len = pc.utf8_length(title), pc.utf8_length(content)
     reasons = [  # in _reason_or_row's order: each row gets the first that applies
         ("empty_content", pc.equal(content_len, 0)),
@@ -488,6 +499,8 @@ def _reason_or_row(record, data) -> str | tuple[str, str, str]:
         return fields
     uid, title, content = fields
     title, content = clean_text(title), clean_text(content)
+    if data.drop_edition_note:
+        content = cut_edition_note(content)
     if not content:
         return "empty_content"
     if len(title) < data.min_title_chars:

@@ -399,6 +399,36 @@ around it where the source's markup was stripped: "This text refers to an altern
 (12% of the sample's rows). Models trained on it learn to glue words together."""
 
 
+EDITION_NOTE = r"(?i) ?[-–—]* ?This text refers to (?:an?|the) ?[^.]*?edition(?: of this title)?\."
+"""Amazon's edition note in a cleaned description, with the dashes that often lead into it and the
+space before them, glued ("…to thePaperbackedition.") or not, in any case (models write it
+after "--" too). The same pattern for Python's ``re`` and pyarrow's RE2 (``[^.]`` never crosses a
+sentence: "This text refers to theory. Its edition…" is not a note)."""
+_EDITION_NOTE = re.compile(EDITION_NOTE)
+_NOTE_HINT = "refers to"
+"""In every edition note (in any case): texts without it skip the regex."""
+
+
+def cut_edition_note(text: str) -> str:
+    """A cleaned text without Amazon's edition note (data.drop_edition_note), spaces collapsed:
+    "A novel. --This text refers to thePaperbackedition." → "A novel."."""
+    if _NOTE_HINT not in text.lower():
+        return text
+    return " ".join(_EDITION_NOTE.sub(" ", text).split())
+
+
+def cut_edition_note_arrow(texts: "pa.Array") -> "pa.Array":
+    """``cut_edition_note`` of every string of a pyarrow string array, with the same results (the
+    texts are cleaned: their only whitespace is single spaces between words)."""
+    import pyarrow.compute as pc
+
+    def cut(a: "pa.Array") -> "pa.Array":
+        a = pc.replace_substring_regex(a, EDITION_NOTE, " ")
+        return pc.utf8_trim(pc.replace_substring_regex(a, " {2,}", " "), " ")
+
+    return _where(texts, pc.match_substring(texts, _NOTE_HINT, ignore_case=True), cut)
+
+
 def respace_bindings(text: str) -> str:
     """Amazon's edition note with its spaces back: "This text refers to thePaperbackedition." →
     "This text refers to the Paperback edition." (01 applies it to the selected rows' descriptions,
