@@ -78,15 +78,15 @@ def test_real_rows_from_shared_data(tmp_path):
     entity_titles = {clean_text(r["title"]) for r in raw if "&#8217;" in r["content"]}
     kept = {r["title"]: r["content"] for split in ds.values() for r in split}
     assert any("’" in kept[t] for t in entity_titles if t in kept)
-    # a third of these rows end with Amazon's edition note: 01 cuts it out (data.drop_edition_note)
+    # 64 of these rows end with Amazon's edition note: 01 cuts it out (data.drop_edition_note)
     noted = [r for r in raw if ANY_NOTE.search(r["content"])]
     assert len(noted) >= 60
     assert not any(ANY_NOTE.search(c) for c in kept.values())
     assert not any("--This" in c or c.endswith("--") for c in kept.values())
     # a description that was its note and a byline is too short once the note is cut
     assert manifest["dropped"]["content_too_short"] >= 1
-    spaced = {clean_text(r["title"]) for r in noted} & set(kept)
-    assert len(spaced) >= 50  # the rest of those descriptions is kept
+    noted_kept = {clean_text(r["title"]) for r in noted} & set(kept)
+    assert len(noted_kept) >= 50  # the rest of those descriptions is kept
 
 
 @pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="../shared/data is not beside this checkout")

@@ -127,7 +127,7 @@ class DataConfig:
     drop_edition_note: bool = True
     """Cut Amazon's edition note out of every description while cleaning ("This text refers to an
     out of print or unavailable edition of this title.", "…to the Paperback edition."): boilerplate
-    on about a quarter of the descriptions that a model otherwise learns to append to every title.
+    on about a third of the descriptions that a model otherwise learns to append to every title.
     Rows left with too short a description are then dropped, and descriptions that differed only
     in their note are duplicates. false keeps the note (with its spaces put back)."""
     subsample: int = 0
