@@ -130,6 +130,11 @@ class DataConfig:
     on about a third of the descriptions that a model otherwise learns to append to every title.
     Rows left with too short a description are then dropped, and descriptions that differed only
     in their note are duplicates. false keeps the note (with its spaces put back)."""
+    drop_review_byline: bool = True
+    """Cut the copyright line of a quoted trade review out of every description while cleaning
+    ("Copyright 1991 Reed Business Information, Inc.": on about a sixth of the sample's
+    descriptions). A model trained on it writes such a line under text it made up, a copyright
+    claim no one made. Cut like the edition note: before the length filter and the duplicate check."""
     subsample: int = 0
     """Keep a seeded random N of the usable rows before splitting (0 = all)."""
     train_size: float = 10000

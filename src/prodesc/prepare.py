@@ -10,9 +10,11 @@ JSON Lines such as trn.json are parsed by pyarrow in blocks of lines, on every c
 file; other files are read line by line, with the same result. A seeded
 hash of each (title, content) pair then picks the subsample and the train/validation/test splits,
 so the same data and seed give the same splits whatever the file's order, format or compression.
-Amazon's edition note ("This text refers to the Paperback edition.") is cut out of every
-description while cleaning (data.drop_edition_note, rawdata.cut_edition_note), before the length
-filter and the duplicate check; with data.drop_edition_note=false the selected rows' notes get
+Amazon's edition note ("This text refers to the Paperback edition.") and the copyright line of a
+quoted trade review ("Copyright 1991 Reed Business Information, Inc.") are cut out of every
+description while cleaning (data.drop_edition_note, data.drop_review_byline,
+rawdata.cut_boilerplate), before the length filter and the duplicate check; with
+data.drop_edition_note=false the selected rows' notes get
 their spaces back instead ("…to an alternatePaperbackedition." → "… alternate Paperback edition.",
 rawdata.respace_bindings).
 With data.example_words, every row also gets its examples: the data.examples training rows whose
@@ -44,12 +46,14 @@ from prodesc.config import Config
 from prodesc.errors import DataError, UserError
 from prodesc.paths import RunPaths
 from prodesc.rawdata import (
+    Boilerplate,
     FastPathUnavailable,
     RawReader,
+    boilerplate_for,
     clean_arrow,
     clean_text,
-    cut_edition_note,
-    cut_edition_note_arrow,
+    cut_boilerplate,
+    cut_boilerplate_arrow,
     read_block,
     respace_bindings,
     row_fields,
@@ -70,9 +74,9 @@ DROP_REASONS = MALFORMED + (
     "content_too_long",
     "duplicate",
 )
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Part of a prepared dataset's identity: 2 re-spaces Amazon's edition note (respace_bindings),
-3 cuts it out (data.drop_edition_note)."""
+3 cuts it out (data.drop_edition_note), 4 cuts review copyright lines (data.drop_review_byline)."""
 EARLY_CHECK_ROWS = 2000
 
 
@@ -316,7 +320,7 @@ def _stream_blocks(cfg: Config, reader: RawReader, spill: Path, stats: PassStats
     core) for a big file; the blocks come back in order, and duplicates are counted here."""
     data = cfg.data
     settings = BlockSettings(
-        cfg.seed, data.min_title_chars, data.min_content_chars, data.max_content_chars, data.drop_edition_note
+        cfg.seed, data.min_title_chars, data.min_content_chars, data.max_content_chars, boilerplate_for(data)
     )
     workers = block_workers(reader.info.bytes)
     seen: set[int] = set()
@@ -366,7 +370,8 @@ class BlockSettings:
     min_title_chars: int
     min_content_chars: int
     max_content_chars: int
-    drop_edition_note: bool
+    boilerplate: tuple[Boilerplate, ...]
+    """What is cut out of every description (rawdata.boilerplate_for)."""
 
 
 @dataclass(frozen=True)
@@ -457,8 +462,7 @@ def clean_block(settings: BlockSettings, block: bytes, out: str) -> BlockResult:
         dropped["empty_content"] = has_content.false_count
         uid, title, content = (a.filter(has_content) for a in (uid, title, content))
     title, content = clean_arrow(title), clean_arrow(content)
-    if settings.drop_edition_note:
-        content = cut_edition_note_arrow(content)
+    content = cut_boilerplate_arrow(content, settings.boilerplate)
     title_len, content_len = pc.utf8_length(title), pc.utf8_length(content)
     reasons = [  # in _reason_or_row's order: each row gets the first that applies
         ("empty_content", pc.equal(content_len, 0)),
@@ -499,8 +503,7 @@ def _reason_or_row(record, data) -> str | tuple[str, str, str]:
         return fields
     uid, title, content = fields
     title, content = clean_text(title), clean_text(content)
-    if data.drop_edition_note:
-        content = cut_edition_note(content)
+    content = cut_boilerplate(content, boilerplate_for(data))
     if not content:
         return "empty_content"
     if len(title) < data.min_title_chars:

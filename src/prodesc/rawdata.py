@@ -404,29 +404,73 @@ EDITION_NOTE = r"(?i) ?[-–—]* ?This text refers to (?:an?|the) ?[^.]*?editio
 space before them, glued ("…to thePaperbackedition.") or not, in any case (models write it
 after "--" too). The same pattern for Python's ``re`` and pyarrow's RE2 (``[^.]`` never crosses a
 sentence: "This text refers to theory. Its edition…" is not a note)."""
-_EDITION_NOTE = re.compile(EDITION_NOTE)
-_NOTE_HINT = "refers to"
-"""In every edition note (in any case): texts without it skip the regex."""
+
+REVIEW_BYLINE = (
+    r"(?i) ?(?:\(c\)|©)? ?Copyright ?(?:©|\(c\))? ?(?:\d{4}(?:[-–]\d{2,4})?,? )?(?:by )?"
+    r"(?:Reed Business Information|Reed Elsevier|Cahners|American Library Association|Kirkus"
+    r"|VNU Business Media|The Horn Book|Library Journal|Publishers Weekly)"
+    r"[^.]*\.(?: All rights reserved\.?)?"
+)
+"""The copyright line of a trade review quoted in a description ("Copyright 1991 Reed Business
+Information, Inc.", "Copyright © American Library Association. All rights reserved"): only
+with a review publisher's name after it, so a book about copyright keeps its text. The same
+pattern for ``re`` and RE2."""
 
 
-def cut_edition_note(text: str) -> str:
-    """A cleaned text without Amazon's edition note (data.drop_edition_note), spaces collapsed:
+@dataclass(frozen=True)
+class Boilerplate:
+    """Text 01 cuts out of every cleaned description when its data setting is on."""
+
+    setting: str
+    """The DataConfig flag that turns the cut on."""
+    pattern: str
+    """What is cut (Python ``re`` and pyarrow RE2 alike)."""
+    hint: str
+    """In every match, in lower case: texts without it skip the regex."""
+
+
+BOILERPLATE = (
+    Boilerplate("drop_edition_note", EDITION_NOTE, "refers to"),
+    Boilerplate("drop_review_byline", REVIEW_BYLINE, "copyright"),
+)
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def boilerplate_for(data: Any) -> tuple[Boilerplate, ...]:
+    """The boilerplate a DataConfig (or anything with the same flags) has switched on."""
+    return tuple(b for b in BOILERPLATE if getattr(data, b.setting))
+
+
+def cut_boilerplate(text: str, kinds: Iterable[Boilerplate] = BOILERPLATE) -> str:
+    """A cleaned text without the given boilerplate, spaces collapsed:
     "A novel. --This text refers to thePaperbackedition." → "A novel."."""
-    if _NOTE_HINT not in text.lower():
-        return text
-    return " ".join(_EDITION_NOTE.sub(" ", text).split())
+    for kind in kinds:
+        if kind.hint in text.lower():
+            text = " ".join(_compiled(kind.pattern).sub(" ", text).split())
+    return text
 
 
-def cut_edition_note_arrow(texts: "pa.Array") -> "pa.Array":
-    """``cut_edition_note`` of every string of a pyarrow string array, with the same results (the
+def cut_boilerplate_arrow(texts: "pa.Array", kinds: Iterable[Boilerplate] = BOILERPLATE) -> "pa.Array":
+    """``cut_boilerplate`` of every string of a pyarrow string array, with the same results (the
     texts are cleaned: their only whitespace is single spaces between words)."""
     import pyarrow.compute as pc
 
-    def cut(a: "pa.Array") -> "pa.Array":
-        a = pc.replace_substring_regex(a, EDITION_NOTE, " ")
-        return pc.utf8_trim(pc.replace_substring_regex(a, " {2,}", " "), " ")
+    for kind in kinds:
+        def cut(a: "pa.Array", pattern: str = kind.pattern) -> "pa.Array":
+            a = pc.replace_substring_regex(a, pattern, " ")
+            return pc.utf8_trim(pc.replace_substring_regex(a, " {2,}", " "), " ")
 
-    return _where(texts, pc.match_substring(texts, _NOTE_HINT, ignore_case=True), cut)
+        texts = _where(texts, pc.match_substring(texts, kind.hint, ignore_case=True), cut)
+    return texts
+
+
+def cut_edition_note(text: str) -> str:
+    """``cut_boilerplate`` of the edition note alone (data.drop_edition_note)."""
+    return cut_boilerplate(text, BOILERPLATE[:1])
 
 
 def respace_bindings(text: str) -> str:
