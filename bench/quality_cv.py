@@ -27,7 +27,9 @@ of this title.", rawdata.cut_edition_note): a third of the sample's descriptions
 and a model that learns to write it after every title gains ROUGE and BLEU without describing
 anything. 01 cuts it from the data itself (data.drop_edition_note, the default), so this is for
 runs prepared with data.drop_edition_note=false. The report is then
-<name>-<split>-without-note.json.
+<name>-<split>-without-note.json. --without-review-byline does the same with the copyright line of
+quoted trade reviews ("Copyright 1991 Reed Business Information, Inc.", data.drop_review_byline),
+for runs prepared before 01 cut it (report: -without-byline; both flags: -without-note-byline).
 
 Writes <root>/quality_cv/<name>-<split>.json (atomically) and prints a table. Each seed takes
 about as long as the preset's 02 + 03 (cpu-quality: ~23 min on 2 cores, ~7 with
@@ -53,7 +55,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from prodesc import metrics  # noqa: E402
 from prodesc.atomic import write_text  # noqa: E402
-from prodesc.rawdata import cut_edition_note  # noqa: E402
+from prodesc.rawdata import BOILERPLATE, Boilerplate, cut_boilerplate  # noqa: E402
 
 STAGES = ("01_prepare.py", "02_sft_qlora.py", "03_merge_fp16.py")
 SCORES = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
@@ -83,11 +85,11 @@ def read_rows(csv_path: Path, seed: int) -> list[dict]:
         return [dict(r, seed=seed) for r in csv.DictReader(f)]
 
 
-def without_edition_note(rows: list[dict]) -> None:
-    """--without-edition-note: cut the note out of every text the rows hold."""
+def without_boilerplate(rows: list[dict], kinds: tuple[Boilerplate, ...]) -> None:
+    """--without-edition-note / --without-review-byline: cut them out of every text the rows hold."""
     for row in rows:
         for key in ("reference", *(f"{m}_output" for m in MODELS)):
-            row[key] = cut_edition_note(row[key])
+            row[key] = cut_boilerplate(row[key], kinds)
 
 
 def words(text: str) -> set[str]:
@@ -177,11 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--without-edition-note", action="store_true",
                         help="score every text with Amazon's edition note cut out")
+    parser.add_argument("--without-review-byline", action="store_true",
+                        help="score every text with trade reviews' copyright lines cut out")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every stage")
     args = parser.parse_args(argv)
     args.source = str(Path(args.source).resolve())
     args.name = args.name or args.preset
 
+    flags = {"drop_edition_note": args.without_edition_note, "drop_review_byline": args.without_review_byline}
+    cut = tuple(b for b in BOILERPLATE if flags[b.setting])
     rows: list[dict] = []
     header = "                  ROUGE-1 ROUGE-2 ROUGE-L  BLEU   chrF  words  echo"
     lines = [header]
@@ -189,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         seed_rows = read_rows(run_seed(args, seed), seed)
         add_reference_points(args, seed, seed_rows)
-        if args.without_edition_note:
-            without_edition_note(seed_rows)
+        if cut:
+            without_boilerplate(seed_rows, cut)
         rows += seed_rows
         per_seed[seed] = {m: scores(seed_rows, m)[0] for m in MODELS}
         lines += [f"seed {seed:<3} {MODELS[0]:<8} {fmt(per_seed[seed][MODELS[0]])}",
@@ -214,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines[-(len(MODELS) + len(intervals) + 2):]))
     report = {"preset": args.preset, "name": args.name, "split": args.split, "source": args.source,
               "seeds": args.seeds, "overrides": args.overrides, "without_edition_note": args.without_edition_note,
+              "without_review_byline": args.without_review_byline,
               "per_seed": per_seed, "pooled": pooled,
               "rows": len(rows), "bootstrap_95": intervals["base"],
               "bootstrap_95_vs": {m: iv for m, iv in intervals.items() if m != "base"},
               "seed_wins": wins, "table": lines}
-    suffix = "-without-note" if args.without_edition_note else ""
+    suffix = "-without" * bool(cut) + "".join(f"-{b.setting.rsplit('_')[-1]}" for b in cut)
     out = args.root / "quality_cv" / f"{args.name}-{args.split}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(report, indent=2))

@@ -13,7 +13,16 @@ from prodesc import prepare as prep
 from prodesc.config import load_config
 from prodesc.errors import DataError, UserError
 from prodesc.paths import RunPaths
-from prodesc.rawdata import EDITION_NOTE, clean_text, cut_edition_note, cut_edition_note_arrow, respace_bindings
+from prodesc.rawdata import (
+    BOILERPLATE,
+    EDITION_NOTE,
+    REVIEW_BYLINE,
+    clean_text,
+    cut_boilerplate,
+    cut_boilerplate_arrow,
+    cut_edition_note,
+    respace_bindings,
+)
 from rawfiles import SHARED_SAMPLE, rows_for, write
 
 GLUED_NOTE = re.compile(r"refers to (?:an alternate|the)[A-Z]|[a-z)]edition\b")
@@ -87,6 +96,12 @@ def test_real_rows_from_shared_data(tmp_path):
     assert manifest["dropped"]["content_too_short"] >= 1
     noted_kept = {clean_text(r["title"]) for r in noted} & set(kept)
     assert len(noted_kept) >= 50  # the rest of those descriptions is kept
+    # 37 end with a trade review's copyright line: cut too (data.drop_review_byline), the review kept
+    signed = {clean_text(r["title"]) for r in raw if "Reed Business Information" in r["content"]
+              or "Cahners Business Information" in r["content"]}
+    assert len(signed) >= 30
+    assert not any("Copyright" in c or "Business Information" in c for c in kept.values())
+    assert len(signed & set(kept)) >= 30
 
 
 @pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="../shared/data is not beside this checkout")
@@ -171,11 +186,41 @@ def test_cut_edition_note(text, cut):
     import pyarrow as pa
 
     assert cut_edition_note(text) == (text if cut is None else cut)
-    assert cut_edition_note_arrow(pa.array([text, "plain"])).to_pylist() == [cut_edition_note(text), "plain"]
+    arrow = cut_boilerplate_arrow(pa.array([text, "plain"]), BOILERPLATE[:1])
+    assert arrow.to_pylist() == [cut_edition_note(text), "plain"]
     assert re.compile(EDITION_NOTE).search(text) is None or cut is not None
 
 
-def test_edition_note_cut_before_the_length_filter_and_the_duplicate_check(tmp_path):
+@pytest.mark.parametrize(
+    "text, cut",
+    [
+        ("Recommended.Copyright 1991 Reed Business Information, Inc.", "Recommended."),
+        ("Fine. Copyright © Reed Business Information, a division of Reed Elsevier Inc. All rights reserved.",
+         "Fine."),
+        ("A fable.Copyright 2001 Cahners Business Information, Inc.", "A fable."),
+        ("Grades 3-5. Copyright 2004 American Library Association. All rights reserved", "Grades 3-5."),
+        ("K. Collins, Library of CongressCopyright 1985 Reed Business Information, Inc.",
+         "K. Collins, Library of Congress"),
+        ("One. (c) Copyright 1996 Reed Business Information, Inc. Two. copyright 1997 Kirkus Associates, LP. Three",
+         "One. Two. Three"),
+        # with the edition note after it: both go
+        ("A novel.Copyright 1990 Reed Business Information, Inc.--This text refers to thePaperbackedition.",
+         "A novel."),
+        # no review publisher after "Copyright": unchanged
+        ("Copyright law for authors. Covers fair use.", None),
+        ("Copyright 1998 by the author. A memoir.", None),
+        ("Reviewed by Reed Business Information staff.", None),
+    ],
+)
+def test_cut_review_byline(text, cut):
+    import pyarrow as pa
+
+    assert cut_boilerplate(text) == (text if cut is None else cut)
+    assert cut_boilerplate_arrow(pa.array([text, "plain"])).to_pylist() == [cut_boilerplate(text), "plain"]
+    assert re.compile(REVIEW_BYLINE).search(text) is None or cut is not None
+
+
+def test_boilerplate_cut_before_the_length_filter_and_the_duplicate_check(tmp_path):
     rows = rows_for(60)
     body = "A long enough description of this product, the same twice."
     rows += [
@@ -183,8 +228,12 @@ def test_edition_note_cut_before_the_length_filter_and_the_duplicate_check(tmp_p
         {"uid": "n2", "title": "Note and a byline", "content": "By A. Writer--This text refers to theHardcoveredition."},
         {"uid": "n3", "title": "Two editions", "content": body + "--This text refers to thePaperbackedition."},
         {"uid": "n4", "title": "Two editions", "content": body + "--This text refers to theHardcoveredition."},
+        {"uid": "b1", "title": "Only a byline", "content": "Copyright 1991 Reed Business Information, Inc."},
+        {"uid": "b2", "title": "Two years", "content": body + "Copyright 1990 Reed Business Information, Inc."},
+        {"uid": "b3", "title": "Two years", "content": body + "Copyright 1991 Reed Business Information, Inc."},
     ]
     src = write(tmp_path / "trn.jsonl", rows)
+    empty = {}
     for fast in (True, False):
         cfg = load_config("cpu", [f"data.source={src}", *FRACTIONS, f"data.name=fast-{fast}"])
         paths = RunPaths.from_config(cfg, tmp_path)
@@ -193,12 +242,16 @@ def test_edition_note_cut_before_the_length_filter_and_the_duplicate_check(tmp_p
 
         kept = {r["uid"]: r["content"] for split in datasets.load_from_disk(str(paths.prepared_dataset)).values()
                 for r in split}
-        assert "n1" not in kept and "n2" not in kept  # empty / under data.min_content_chars once cut
-        assert ("n3" in kept) != ("n4" in kept) and body in kept.values()  # one copy, without its note
-        assert manifest["dropped"]["duplicate"] == 1
-    _, kept_note, _ = run(tmp_path / "keep", src, KEEP_NOTE)
+        assert "n1" not in kept and "n2" not in kept and "b1" not in kept  # empty / too short once cut
+        assert ("n3" in kept) != ("n4" in kept) and ("b2" in kept) != ("b3" in kept)  # one copy each
+        assert list(kept.values()).count(body) == 2  # without its note or byline
+        assert manifest["dropped"]["duplicate"] == 2
+        empty[fast] = manifest["dropped"]["empty_content"]
+    kept_all, kept_note, _ = run(tmp_path / "keep", src, KEEP_NOTE, "data.drop_review_byline=false")
+    assert empty[True] == empty[False] == kept_all["dropped"]["empty_content"] + 2  # n1 and b1
     contents = [c for split in kept_note.values() for c in split["content"]]
-    assert sum("Paperback edition." in c for c in contents) == 2 and sum(body in c for c in contents) == 2
+    assert sum("Paperback edition." in c for c in contents) == 2 and sum(body in c for c in contents) == 4
+    assert sum("Reed Business Information" in c for c in contents) == 3
 
 
 def test_counts_and_subsample(tmp_path):
