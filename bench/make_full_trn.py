@@ -1,4 +1,4 @@
-"""python bench/make_full_trn.py OUT [--rows 2248619] [--seed 0]
+"""python bench/make_full_trn.py OUT [--rows 2248619] [--seed 0] [--boilerplate]
 
 Write a deterministic, realistic stand-in for AmazonTitles-1.3MM ``trn.json`` (JSON Lines; gzip
 when OUT ends in .gz) for benchmarks. Never writes into the repository.
@@ -9,7 +9,10 @@ Shape, from the figures in ../shared/data/README.md:
 - content length lognormal around median 398 / mean 619 / p75 ~800, plus a long tail up to
   197,622 characters (a handful of rows);
 - HTML entities (&#8217; &#8211; &amp; ...) and a few tags as the raw file has them;
-- ~1% exact duplicates; ``target_ind``/``target_rel`` arrays; ``uid`` strings.
+- ~1% exact duplicates; ``target_ind``/``target_rel`` arrays; ``uid`` strings;
+- with --boilerplate, what 01 cuts out of descriptions, in the sample's shares: Amazon's edition
+  note after 32% of the non-empty descriptions (glued or spaced) and a trade review's copyright
+  line after 18% (drawn from a second seeded generator, so the rest of the file is as without it).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ WORDS = (
 ).split()
 ENTITIES = ["&#8217;", "&#8211;", "&#8212;", "&amp;", "&quot;", "&#8220;", "&#8221;", "&nbsp;", "&#174;"]
 TAGS = ["<br>", "<br />", "<b>", "</b>", "<p>", "</p>"]
+NOTES = ("--This text refers to thePaperbackedition.", "--This text refers to an alternateHardcoveredition.",
+         "--This text refers to an out of print or unavailable edition of this title.")
+BYLINES = ("Copyright 1991 Reed Business Information, Inc.",
+           "Copyright © Reed Business Information, a division of Reed Elsevier Inc. All rights reserved.")
+NOTE_SHARE, BYLINE_SHARE = 0.32, 0.18  # of the 200 non-empty sample rows: 64 and 37
 
 
 def corpus(rng: random.Random, size: int) -> str:
@@ -65,8 +73,9 @@ def lognormal_length(rng: random.Random, median: int, sigma: float, cap: int) ->
     return max(1, min(cap, int(math.exp(math.log(median) + sigma * rng.gauss(0, 1)))))
 
 
-def rows(n: int, seed: int):
+def rows(n: int, seed: int, boilerplate: bool = False):
     rng = random.Random(seed)
+    extra = random.Random(seed + 1)
     text = corpus(rng, 4_000_000)
     span = len(text) - CONTENT_MAX - 1
     recent: list[tuple[str, str]] = []
@@ -85,6 +94,11 @@ def rows(n: int, seed: int):
                     size = lognormal_length(rng, CONTENT_MEDIAN, CONTENT_SIGMA, CONTENT_MAX)
                 start = rng.randrange(span)
                 content = text[start : start + size].strip()
+                if boilerplate:
+                    if extra.random() < BYLINE_SHARE:
+                        content += extra.choice(BYLINES)
+                    if extra.random() < NOTE_SHARE:
+                        content += extra.choice(NOTES)
                 if len(recent) < 1000:
                     recent.append((title, content))
                 else:
@@ -104,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="file to write (.gz = gzip-compressed)")
     parser.add_argument("--rows", type=int, default=FULL_ROWS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--boilerplate", action="store_true",
+                        help="add edition notes and review copyright lines in the sample's shares")
     args = parser.parse_args(argv)
     repo = Path(__file__).resolve().parents[1]
     if args.out.resolve().is_relative_to(repo):
@@ -111,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out.with_name(args.out.name + ".partial")
     opener = gzip.open if args.out.suffix == ".gz" else open
     with opener(tmp, "wt", encoding="utf-8") as fh:
-        for i, row in enumerate(rows(args.rows, args.seed)):
+        for i, row in enumerate(rows(args.rows, args.seed, args.boilerplate)):
             fh.write(json.dumps(row, ensure_ascii=False))
             fh.write("\n")
             if i % 500_000 == 0 and i:

@@ -1,4 +1,4 @@
-"""python bench/prepare.py [--rows 2248619] [--workdir /tmp/bench_full] [--gz] [--reference] [--repeat 1]
+"""python bench/prepare.py [--rows 2248619] [--workdir /tmp/bench_full] [--gz] [--reference] [--boilerplate] [--repeat 1]
 
 Wall time and peak memory of 01_prepare on a full-size trn.json, against one bare parse of the
 same file with the fastest JSON reader at hand (``pyarrow.json.read_json``, every column, its
@@ -15,6 +15,9 @@ with psutil (a cross-check; it can miss a short spike).
 --gz          also run 01 on a gzip-compressed copy (trn.json.gz, made once)
 --reference   also run 01 with the line-by-line reader (the path used for files pyarrow cannot
               take; slow, ~35k rows/s)
+--boilerplate use a file with edition notes and review copyright lines in the real rows' shares
+              (make_full_trn.py --boilerplate; trn_boilerplate.json) and also run 01 keeping them
+              (data.drop_edition_note=false data.drop_review_byline=false): what cutting them costs
 --repeat N    run each measurement N times, alternating, and report the median
 
 Goals (issue #7): 01 within 2x of the bare parse; 01's peak RSS <= 1.5 GB.
@@ -130,18 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_full"))
     parser.add_argument("--gz", action="store_true")
     parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--boilerplate", action="store_true")
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
     work = args.workdir.resolve()
     if work.is_relative_to(REPO):
         parser.error("--workdir must be outside the repository")
     work.mkdir(parents=True, exist_ok=True)
-    name = "trn.json" if args.rows == FULL_ROWS else f"trn_{args.rows}.json"
+    name = "trn" + (f"_{args.rows}" if args.rows != FULL_ROWS else "") + "_boilerplate" * args.boilerplate + ".json"
     source = work / name
     if not source.exists():
         print(f"writing {source} ...", flush=True)
-        subprocess.run([sys.executable, str(REPO / "bench" / "make_full_trn.py"), str(source), "--rows", str(args.rows)],
-                       check=True)
+        subprocess.run([sys.executable, str(REPO / "bench" / "make_full_trn.py"), str(source), "--rows", str(args.rows),
+                        *["--boilerplate"] * args.boilerplate], check=True)
     sources = {"": source}
     if args.gz:
         packed = source.with_name(source.name + ".gz")
@@ -160,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.executable, str(REPO / "src" / "01_prepare.py"), "--preset", "t4", "--root", str(root),
             f"data.source={path}", "overwrite=true",
         ]]
+        if args.boilerplate:
+            runs[f"01_prepare keeping boilerplate{suffix and ' (' + suffix + ')'}"] = [[
+                *runs[f"01_prepare{suffix and ' (' + suffix + ')'}"][0], "data.drop_edition_note=false",
+                "data.drop_review_byline=false",
+            ]]
         if args.reference:
             runs[f"01_prepare line-by-line{suffix and ' (' + suffix + ')'}"] = [[
                 sys.executable, "-c", REFERENCE_01.format(src=str(REPO / "src")), "--preset", "t4", "--root",
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[dict[str, float]]] = {label: [] for label in runs}
     for i in range(args.repeat):
         for label, (cmd,) in runs.items():
-            log = work / f"log-{label.split()[0]}-{i}.txt"
+            log = work / f"log-{'-'.join(label.split()[:2])}-{i}.txt"
             results[label].append(measure(cmd, log))
             if "01" in label and "reading line by line" in log.read_text() and "line-by-line" not in label:
                 print(f"note: {label} fell back to the line-by-line reader (see {log})")
@@ -197,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, (wall, _) in summary.items():
         if label.startswith("01_prepare") and label != "01_prepare":
             print(f"{label} / bare parse: {wall / bare_wall:.2f}x")
+    if args.boilerplate:
+        kept = results["01_prepare keeping boilerplate"]
+        print(f"01 cutting boilerplate / keeping it: {wall_01 / summary['01_prepare keeping boilerplate'][0]:.2f}x"
+              + (" (rounds: " + ", ".join(f"{a['wall'] / b['wall']:.2f}x" for a, b in zip(results["01_prepare"], kept))
+                 + ")" if args.repeat > 1 else ""))
     return 0
 
 
