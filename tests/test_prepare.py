@@ -198,6 +198,7 @@ def test_cut_edition_note(text, cut):
         ("Fine. Copyright © Reed Business Information, a division of Reed Elsevier Inc. All rights reserved.",
          "Fine."),
         ("A fable.Copyright 2001 Cahners Business Information, Inc.", "A fable."),
+        ("Recommended. Copyright 2005 Reed Business Information", "Recommended."),
         ("Grades 3-5. Copyright 2004 American Library Association. All rights reserved", "Grades 3-5."),
         ("K. Collins, Library of CongressCopyright 1985 Reed Business Information, Inc.",
          "K. Collins, Library of Congress"),

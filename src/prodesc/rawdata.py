@@ -409,12 +409,12 @@ REVIEW_BYLINE = (
     r"(?i) ?(?:\(c\)|©)? ?Copyright ?(?:©|\(c\))? ?(?:\d{4}(?:[-–]\d{2,4})?,? )?(?:by )?"
     r"(?:Reed Business Information|Reed Elsevier|Cahners|American Library Association|Kirkus"
     r"|VNU Business Media|The Horn Book|Library Journal|Publishers Weekly)"
-    r"[^.]*\.(?: All rights reserved\.?)?"
+    r"[^.]*(?:\.|$)(?: All rights reserved\.?)?"
 )
 """The copyright line of a trade review quoted in a description ("Copyright 1991 Reed Business
-Information, Inc.", "Copyright © American Library Association. All rights reserved"): only
-with a review publisher's name after it, so a book about copyright keeps its text. The same
-pattern for ``re`` and RE2."""
+Information, Inc.", "Copyright © American Library Association. All rights reserved"), to its
+first full stop or the end of the text: only with a review publisher's name after it, so a book
+about copyright keeps its text. The same pattern for ``re`` and RE2."""
 
 
 @dataclass(frozen=True)
