@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from prodesc import metrics  # noqa: E402
 from prodesc.atomic import write_text  # noqa: E402
-from prodesc.rawdata import BOILERPLATE, Boilerplate, cut_boilerplate  # noqa: E402
+from prodesc.rawdata import Boilerplate, boilerplate_for, cut_boilerplate  # noqa: E402
 
 STAGES = ("01_prepare.py", "02_sft_qlora.py", "03_merge_fp16.py")
 SCORES = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     args.source = str(Path(args.source).resolve())
     args.name = args.name or args.preset
 
-    flags = {"drop_edition_note": args.without_edition_note, "drop_review_byline": args.without_review_byline}
-    cut = tuple(b for b in BOILERPLATE if flags[b.setting])
+    cut = boilerplate_for(argparse.Namespace(drop_edition_note=args.without_edition_note,
+                                             drop_review_byline=args.without_review_byline))
     rows: list[dict] = []
     header = "                  ROUGE-1 ROUGE-2 ROUGE-L  BLEU   chrF  words  echo"
     lines = [header]
