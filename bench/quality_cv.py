@@ -23,7 +23,7 @@ there (one --name per recipe), then score the chosen one on the test splits.
 
 With --without-edition-note every text (references, outputs, the two reference points) is scored
 with Amazon's edition note cut out ("This text refers to an out of print or unavailable edition
-of this title.", rawdata.cut_edition_note): a third of the sample's descriptions end with it,
+of this title.", rawdata.EDITION_NOTE): a third of the sample's descriptions end with it,
 and a model that learns to write it after every title gains ROUGE and BLEU without describing
 anything. 01 cuts it from the data itself (data.drop_edition_note, the default), so this is for
 runs prepared with data.drop_edition_note=false. The report is then

@@ -20,7 +20,6 @@ from prodesc.rawdata import (
     clean_text,
     cut_boilerplate,
     cut_boilerplate_arrow,
-    cut_edition_note,
     respace_bindings,
 )
 from rawfiles import SHARED_SAMPLE, rows_for, write
@@ -185,9 +184,10 @@ def test_respace_bindings(text, respaced):
 def test_cut_edition_note(text, cut):
     import pyarrow as pa
 
-    assert cut_edition_note(text) == (text if cut is None else cut)
-    arrow = cut_boilerplate_arrow(pa.array([text, "plain"]), BOILERPLATE[:1])
-    assert arrow.to_pylist() == [cut_edition_note(text), "plain"]
+    note_only = BOILERPLATE[:1]
+    assert cut_boilerplate(text, note_only) == (text if cut is None else cut)
+    arrow = cut_boilerplate_arrow(pa.array([text, "plain"]), note_only)
+    assert arrow.to_pylist() == [cut_boilerplate(text, note_only), "plain"]
     assert re.compile(EDITION_NOTE).search(text) is None or cut is not None
 
 

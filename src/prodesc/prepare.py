@@ -284,6 +284,7 @@ def stream_rows(cfg: Config, reader: RawReader, spill: Path, stats: PassStats, f
 def _stream_lines(cfg: Config, reader: RawReader, spill: Path, stats: PassStats, bar: Any) -> Pass1:
     """The line-by-line reader: one Python ``json.loads`` and ``clean_text`` a row."""
     data = cfg.data
+    kinds = boilerplate_for(data)
     seen: set[int] = set()
     keys = array("Q")
     path = spill / "lines.arrow"
@@ -294,7 +295,7 @@ def _stream_lines(cfg: Config, reader: RawReader, spill: Path, stats: PassStats,
                 bar.update(reader.position() - bar.n)
             if stats.rows_read == EARLY_CHECK_ROWS:
                 _check_malformed(cfg, reader, stats, final=False)
-            reason = _reason_or_row(record, data)
+            reason = _reason_or_row(record, data, kinds)
             if isinstance(reason, str):
                 stats.dropped[reason] += 1
                 if reason in MALFORMED and not stats.first_error:
@@ -495,7 +496,7 @@ def clean_block(settings: BlockSettings, block: bytes, out: str) -> BlockResult:
     return BlockResult(rows, dropped, keys.tobytes(), Path(out))
 
 
-def _reason_or_row(record, data) -> str | tuple[str, str, str]:
+def _reason_or_row(record, data, kinds: tuple[Boilerplate, ...]) -> str | tuple[str, str, str]:
     if record.error:
         return record.error
     fields = row_fields(record.row)
@@ -503,7 +504,7 @@ def _reason_or_row(record, data) -> str | tuple[str, str, str]:
         return fields
     uid, title, content = fields
     title, content = clean_text(title), clean_text(content)
-    content = cut_boilerplate(content, boilerplate_for(data))
+    content = cut_boilerplate(content, kinds)
     if not content:
         return "empty_content"
     if len(title) < data.min_title_chars:

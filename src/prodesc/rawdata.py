@@ -468,11 +468,6 @@ def cut_boilerplate_arrow(texts: "pa.Array", kinds: Iterable[Boilerplate] = BOIL
     return texts
 
 
-def cut_edition_note(text: str) -> str:
-    """``cut_boilerplate`` of the edition note alone (data.drop_edition_note)."""
-    return cut_boilerplate(text, BOILERPLATE[:1])
-
-
 def respace_bindings(text: str) -> str:
     """Amazon's edition note with its spaces back: "This text refers to thePaperbackedition." →
     "This text refers to the Paperback edition." (01 applies it to the selected rows' descriptions,
