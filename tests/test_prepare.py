@@ -20,12 +20,15 @@ from prodesc.rawdata import (
     clean_text,
     cut_boilerplate,
     cut_boilerplate_arrow,
-    respace_bindings,
+    respace_glue,
 )
 from rawfiles import SHARED_SAMPLE, rows_for, write
 
 GLUED_NOTE = re.compile(r"refers to (?:an alternate|the)[A-Z]|[a-z)]edition\b")
-"""Amazon's edition note with the binding name glued to its neighbours (respace_bindings)."""
+"""Amazon's edition note with the binding name glued to its neighbours (respace_glue)."""
+GLUED = re.compile(r"[a-z]{2}[.!?][A-Z][a-z]|\b[a-z]{3,}[A-Z][a-z]{2,}\b")
+"""A sentence glued to the one before it, or a lower-case word to a capitalised one (respace_glue;
+glue between capitalised words, "MealsShe", cannot be told from a name like "HarperCollins")."""
 ANY_NOTE = re.compile(r"refers to (?:an?|the).*?edition", re.I)
 """Amazon's edition note in any form (a looser pattern than 01's, to catch what it might miss)."""
 KEEP_NOTE = "data.drop_edition_note=false"
@@ -101,6 +104,10 @@ def test_real_rows_from_shared_data(tmp_path):
     assert len(signed) >= 30
     assert not any("Copyright" in c or "Business Information" in c for c in kept.values())
     assert len(signed & set(kept)) >= 30
+    # ~30 glue sentences or words together where markup was stripped: 01 puts the spaces back
+    glued = {clean_text(r["title"]) for r in raw if GLUED.search(cut_boilerplate(clean_text(r["content"])))}
+    assert len(glued & set(kept)) >= 20
+    assert not any(GLUED.search(c) for c in kept.values())
 
 
 @pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="../shared/data is not beside this checkout")
@@ -137,7 +144,7 @@ def test_edition_note_is_respaced_without_moving_rows_between_splits(tmp_path, m
     _, fixed, _ = run(tmp_path / "fixed", src, KEEP_NOTE)
     glued_rows = [r for split in fixed.values() for r in split if "Paperback edition." in r["content"]]
     assert len(glued_rows) >= 20 and not any(GLUED_NOTE.search(r["content"]) for r in glued_rows)
-    monkeypatch.setattr(prep, "respace_bindings", lambda text: text)  # 01 as before the fix
+    monkeypatch.setattr(prep, "respace_glue", lambda texts: texts)  # 01 as before the fix
     _, before, _ = run(tmp_path / "before", src, KEEP_NOTE)
     assert all(fixed[s]["uid"] == before[s]["uid"] for s in prep.SPLITS)  # the same rows, in order
     glued_before = [c for s in prep.SPLITS for c in before[s]["content"] if GLUED_NOTE.search(c)]
@@ -158,10 +165,22 @@ def test_edition_note_is_respaced_without_moving_rows_between_splits(tmp_path, m
         ("This text refers to an out of print or unavailable edition of this title.", None),
         ("This text refers to the Paperback edition.", None),
         ("This text refers to theory. Its edition differs.", None),
+        # sentences and words glued where markup was stripped
+        ("sold in 30 countries.He was born", "sold in 30 countries. He was born"),
+        ("Is it love?Maybe! (Feb.)Forecast: a tour.\u201dThe end", "Is it love? Maybe! (Feb.) Forecast: a tour.\u201d The end"),
+        ("a column in hisMontreal Gazette and forJane's Ships", "a column in his Montreal Gazette and for Jane's Ships"),
+        ("includingLook,See It Go,andSomething Blue", "including Look,See It Go,and Something Blue"),
+        # not glue: unchanged
+        ("an iPhone case for eBay sellers at McDonald's", None),
+        ("call getElementById or onClick, use JavaScript", None),
+        ("U.S.A. The end. e.g.The text at www.amazon.com", None),
+        ("the Gazettecolumn runs daily", None),
     ],
 )
-def test_respace_bindings(text, respaced):
-    assert respace_bindings(text) == (respaced or text)
+def test_respace_glue(text, respaced):
+    import pyarrow as pa
+
+    assert respace_glue(pa.array([text, None])).to_pylist() == [respaced or text, None]
 
 
 @pytest.mark.parametrize(

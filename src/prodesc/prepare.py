@@ -15,8 +15,9 @@ quoted trade review ("Copyright 1991 Reed Business Information, Inc.") are cut o
 description while cleaning (data.drop_edition_note, data.drop_review_byline,
 rawdata.cut_boilerplate), before the length filter and the duplicate check; with
 data.drop_edition_note=false the selected rows' notes get
-their spaces back instead ("…to an alternatePaperbackedition." → "… alternate Paperback edition.",
-rawdata.respace_bindings).
+their spaces back instead ("…to an alternatePaperbackedition." → "… alternate Paperback edition.").
+The selected rows' descriptions also get the spaces back between words that stripped markup glued
+together ("copies.He was", "hisMontreal Gazette"; rawdata.respace_glue).
 With data.example_words, every row also gets its examples: the data.examples training rows whose
 titles share the most words with its own (never itself), stored as the lists example_title and
 example_content and shown in its prompt (prodesc.retrieval). The result appears under its final
@@ -55,7 +56,7 @@ from prodesc.rawdata import (
     cut_boilerplate,
     cut_boilerplate_arrow,
     read_block,
-    respace_bindings,
+    respace_glue,
     row_fields,
 )
 from prodesc.retrieval import MAX_TRAIN_ROWS, Example, TitleIndex, cut
@@ -74,9 +75,10 @@ DROP_REASONS = MALFORMED + (
     "content_too_long",
     "duplicate",
 )
-FORMAT_VERSION = 4
-"""Part of a prepared dataset's identity: 2 re-spaces Amazon's edition note (respace_bindings),
-3 cuts it out (data.drop_edition_note), 4 cuts review copyright lines (data.drop_review_byline)."""
+FORMAT_VERSION = 5
+"""Part of a prepared dataset's identity: 2 re-spaces Amazon's edition note, 3 cuts it out
+(data.drop_edition_note), 4 cuts review copyright lines (data.drop_review_byline), 5 re-spaces
+glued sentences and words (rawdata.respace_glue)."""
 EARLY_CHECK_ROWS = 2000
 
 
@@ -572,7 +574,7 @@ def assign_splits(keys: array, counts: dict[str, int]) -> tuple[Any, Any]:
 
 def split_rows(parts: list[Path], selected, bounds, dedup: bool) -> Iterator[tuple[str, str, str, str]]:
     """(split, uid, title, content) for each selected row, in file order, the content with
-    Amazon's edition note re-spaced (:func:`respace_bindings`). With ``dedup`` each selected key
+    glued words re-spaced (:func:`respace_glue`). With ``dedup`` each selected key
     is taken once, at its first row (later rows with it are duplicates)."""
     import numpy as np
 
@@ -593,9 +595,10 @@ def split_rows(parts: list[Path], selected, bounds, dedup: bool) -> Iterator[tup
                 continue
             splits = np.searchsorted(bounds, ranks[rows], side="right")
             picked = batch.take(rows)
-            columns = [picked.column(name).to_pylist() for name in ("uid", "title", "content")]
+            columns = [picked.column("uid").to_pylist(), picked.column("title").to_pylist(),
+                       respace_glue(picked.column("content")).to_pylist()]
             for split, uid, title, content in zip(splits.tolist(), *columns):
-                yield names[split], uid, title, respace_bindings(content)
+                yield names[split], uid, title, content
 
 
 def find_examples(
