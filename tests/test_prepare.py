@@ -28,7 +28,7 @@ GLUED_NOTE = re.compile(r"refers to (?:an alternate|the)[A-Z]|[a-z)]edition\b")
 """Amazon's edition note with the binding name glued to its neighbours (respace_glue)."""
 GLUED = re.compile(r"[a-z]{2}[.!?][A-Z][a-z]|\b[a-z]{3,}[A-Z][a-z]{2,}\b")
 """A sentence glued to the one before it, or a lower-case word to a capitalised one (respace_glue;
-glue between capitalised words, "MealsShe", cannot be told from a name like "HarperCollins")."""
+glue between capitalised words, "PlanesShe", cannot be told from a name like "HarperCollins")."""
 ANY_NOTE = re.compile(r"refers to (?:an?|the).*?edition", re.I)
 """Amazon's edition note in any form (a looser pattern than 01's, to catch what it might miss)."""
 KEEP_NOTE = "data.drop_edition_note=false"
@@ -167,14 +167,14 @@ def test_edition_note_is_respaced_without_moving_rows_between_splits(tmp_path, m
         ("This text refers to theory. Its edition differs.", None),
         # sentences and words glued where markup was stripped
         ("sold in 30 countries.He was born", "sold in 30 countries. He was born"),
-        ("Is it love?Maybe! (Feb.)Forecast: a tour.\u201dThe end", "Is it love? Maybe! (Feb.) Forecast: a tour.\u201d The end"),
-        ("a column in hisMontreal Gazette and forJane's Ships", "a column in his Montreal Gazette and for Jane's Ships"),
-        ("includingLook,See It Go,andSomething Blue", "including Look,See It Go,and Something Blue"),
+        ("Is it love?Maybe! (Mar.)Its tour.\u201dThe end", "Is it love? Maybe! (Mar.) Its tour.\u201d The end"),
+        ("a column in hisEvening Post and forHarper's Weekly", "a column in his Evening Post and for Harper's Weekly"),
+        ("includingRed Hat,Blue Shoe,andGreen Kite", "including Red Hat,Blue Shoe,and Green Kite"),
         # not glue: unchanged
         ("an iPhone case for eBay sellers at McDonald's", None),
         ("call getElementById or onClick, use JavaScript", None),
         ("U.S.A. The end. e.g.The text at www.amazon.com", None),
-        ("the Gazettecolumn runs daily", None),
+        ("the Postcolumn runs daily", None),
     ],
 )
 def test_respace_glue(text, respaced):

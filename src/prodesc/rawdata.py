@@ -472,12 +472,12 @@ without a space, as (RE2 pattern, replacement) pairs that put the space back:
 
 - Amazon's edition note with the binding name glued to its neighbours: "This text refers to an
   alternatePaperbackedition." → "… an alternate Paperback edition." (12% of the sample's rows);
-- a sentence glued to the one before it: "…sold 60 million copies.He was…", "(Feb.)Forecast";
-- a lower-case word glued to a capitalised one: "known from hisMontreal Gazette", "forJane's".
+- a sentence glued to the one before it: "…sold in 30 countries.He was…", "(Mar.)Its";
+- a lower-case word glued to a capitalised one: "known from hisEvening Post column", "forHarper's".
   Only a word of 3+ letters before one capitalised word of 3+ letters that ends there, so
   "iPhone", "eBay", "onClick", "McDonald" and "getElementById" stay as they are.
 
-Models trained on glued text learn to glue words. Glue inside a word's end ("Gazettecolumn")
+Models trained on glued text learn to glue words. Glue inside a word's end ("Postcolumn")
 cannot be told from a word and stays."""
 
 
