@@ -104,7 +104,7 @@ def test_real_rows_from_shared_data(tmp_path):
     assert len(signed) >= 30
     assert not any("Copyright" in c or "Business Information" in c for c in kept.values())
     assert len(signed & set(kept)) >= 30
-    # ~30 glue sentences or words together where markup was stripped: 01 puts the spaces back
+    # ~30 rows have sentences or words glued together where markup was stripped: 01 re-spaces them
     glued = {clean_text(r["title"]) for r in raw if GLUED.search(cut_boilerplate(clean_text(r["content"])))}
     assert len(glued & set(kept)) >= 20
     assert not any(GLUED.search(c) for c in kept.values())

@@ -15,9 +15,9 @@ quoted trade review ("Copyright 1991 Reed Business Information, Inc.") are cut o
 description while cleaning (data.drop_edition_note, data.drop_review_byline,
 rawdata.cut_boilerplate), before the length filter and the duplicate check; with
 data.drop_edition_note=false the selected rows' notes get
-their spaces back instead ("…to an alternatePaperbackedition." → "… alternate Paperback edition.").
-The selected rows' descriptions also get the spaces back between words that stripped markup glued
-together ("countries.He was", "hisEvening Post"; rawdata.respace_glue).
+their spaces back instead ("…to an alternatePaperbackedition." → "… alternate Paperback edition.");
+the same step (rawdata.respace_glue, on the selected rows) puts back the spaces between sentences
+and words that stripped markup glued together ("countries.He was", "hisEvening Post").
 With data.example_words, every row also gets its examples: the data.examples training rows whose
 titles share the most words with its own (never itself), stored as the lists example_title and
 example_content and shown in its prompt (prodesc.retrieval). The result appears under its final
