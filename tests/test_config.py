@@ -41,6 +41,12 @@ def test_override_types_are_parsed_from_text():
     assert cfg.seed == 7
 
 
+def test_train_seed_defaults_to_the_run_seed():
+    assert C.load_config("cpu", ["seed=7"]).train_seed == 7
+    cfg = C.load_config("cpu", ["seed=7", "train.seed=0"])
+    assert (cfg.seed, cfg.train_seed) == (7, 0)  # the split's seed stays
+
+
 def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     # PyYAML reads `1e-4` as a string; the loader must still accept it for a float key.
     cfg = C.load_config(write_preset(tmp_path, "train:\n  learning_rate: 1e-4\n"))
@@ -58,6 +64,7 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
         ("data.dedup=maybe", "expects true or false"),
         ("model.backend=tpu", "must be one of auto, unsloth, hf"),
         ("lora.r=0", "'lora.r' must be > 0"),
+        ("train.seed=-2", "'train.seed' must be -1 (the run's seed) or >= 0"),
         ("data.test_size=-1", "'data.test_size' must be"),
         ("data.train_size=0.9", "add up to more than 1"),
         ("paths.run=../escape", "not a plain folder name"),

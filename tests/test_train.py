@@ -199,6 +199,20 @@ def test_neftune_noise_reaches_training_only(tiny_model_dir, tmp_path):
     assert max_abs_diff(adapters[0], adapters[5]) > 0
 
 
+def test_train_seed_changes_the_training_not_the_data(tiny_model_dir, tmp_path):
+    """train.seed moves LoRA's init and the batch order (the adapter differs) on the same prepared
+    data; -1 (the default) is the run's seed, so setting it to that seed changes nothing."""
+    adapters = {}
+    for name, extra in (("default", ()), ("same", ("train.seed=42",)), ("other", ("train.seed=43",))):
+        overrides = tiny_overrides(tiny_model_dir, tmp_path / name, "train.max_steps=3", "seed=42", *extra)
+        cfg, paths = stage_paths(overrides)
+        write_prepared(paths)
+        assert run_inprocess(overrides) == 0
+        adapters[name] = adapter_tensors(paths.adapter)
+    assert max_abs_diff(adapters["default"], adapters["same"]) == 0
+    assert max_abs_diff(adapters["default"], adapters["other"]) > 0
+
+
 # --------------------------------------------------------------------------- a full tiny run
 
 
@@ -287,7 +301,7 @@ def test_half_written_newest_checkpoint_is_skipped_with_a_warning(finished_run, 
 @pytest.mark.parametrize("change", [
     "train.learning_rate=0.002", "train.max_steps=20", "train.batch_size=2", "train.grad_accum=3",
     "train.lr_scheduler=linear", "train.warmup=0.1", "lora.r=8", "train.epochs=2", "model.max_length=64",
-    "train.overlong=truncate", "train.neftune_noise_alpha=5",
+    "train.overlong=truncate", "train.neftune_noise_alpha=5", "train.seed=5",
 ])
 def test_resume_refuses_a_changed_schedule(finished_run, tmp_path, change):
     overrides, paths = finished_run

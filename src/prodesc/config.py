@@ -237,9 +237,14 @@ class TrainConfig:
     """Validation loss every N steps (0 = only at the end)."""
     logging_steps: int = 5
     """Log the training loss every N steps."""
+    seed: int = -1
+    """Seed of LoRA's random init, dropout and the order of the training batches (-1 = the run's
+    `seed`). Another value trains again on the same split and examples, to see how far a score
+    moves from one training to the next."""
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", "must be > 0")
+        _check(self.seed >= -1, "train.seed", "must be -1 (the run's seed) or >= 0")
         _check(self.max_steps == -1 or self.max_steps > 0, "train.max_steps", "must be -1 or > 0")
         _check(self.batch_size > 0, "train.batch_size", "must be > 0")
         _check(self.grad_accum > 0, "train.grad_accum", "must be > 0")
@@ -361,7 +366,7 @@ class Config:
     preset: str = ""
     """The preset this config was loaded from (set by the loader)."""
     seed: int = 42
-    """Seed for splits, sampling, LoRA init and data order."""
+    """Seed for splits, sampling, and (unless train.seed is set) LoRA init and data order."""
     overwrite: bool = False
     """Redo a stage whose output exists (the old output is replaced only once the new one is complete)."""
     resume: str = "auto"
@@ -376,6 +381,11 @@ class Config:
     @property
     def run_name(self) -> str:
         return self.paths.run or self.preset or "default"
+
+    @property
+    def train_seed(self) -> int:
+        """The seed of LoRA's init, dropout and batch order: train.seed, or the run's seed."""
+        return self.seed if self.train.seed < 0 else self.train.seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

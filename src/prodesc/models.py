@@ -279,7 +279,7 @@ def _load_unsloth(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
         target_modules=lora_targets(cfg, "unsloth"),
         bias="none",
         use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
-        random_state=cfg.seed,
+        random_state=cfg.train_seed,
     )
     return model, prepare_tokenizer(tokenizer), "unsloth"
 
@@ -330,7 +330,7 @@ def _load_hf(cfg: Config, model_path: str, family: Family) -> tuple[Any, Any, st
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.train.gradient_checkpointing
         )
-    set_seed(cfg.seed)  # LoRA's random init
+    set_seed(cfg.train_seed)  # LoRA's random init
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,

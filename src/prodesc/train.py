@@ -40,6 +40,7 @@ TENSORBOARD_ENV = "TENSORBOARD_LOGGING_DIR"
 
 RESUME_LOCKED_KEYS = (
     "seed",
+    "train.seed",
     "model.name",
     "model.family",
     "model.load_in_4bit",
@@ -436,8 +437,8 @@ def training_args(
     warmup: float | int = t.warmup if t.warmup < 1 else int(t.warmup)
     return fam.args_class()(
         output_dir=str(dirs.output),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        seed=cfg.train_seed,
+        data_seed=cfg.train_seed,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
@@ -487,7 +488,7 @@ def build_trainer(cfg, paths, dirs, args, model, tokenizer, data, fam: family.Fa
         trainer = fam.trainer(
             model=model, args=args, data=data, eval_dataset=eval_ds, tokenizer=tokenizer, callbacks=callbacks
         )
-        return sampling.install(trainer, cfg.seed)  # epoch order from (seed, epoch): resumes reproduce it
+        return sampling.install(trainer, cfg.train_seed)  # epoch order from (seed, epoch): resumes reproduce it
     finally:
         if before is None:
             os.environ.pop(TENSORBOARD_ENV, None)
