@@ -36,6 +36,10 @@ about as long as the preset's 02 + 03 (cpu-quality: ~23 min on 2 cores, ~7 with
 eval.mbr_samples=0). A finished seed is not redone (02 and 03 skip what is complete), so an
 interrupted run resumes. Extra key=value arguments go to every stage (e.g.
 eval.repetition_penalty=1.1).
+
+With --train-seed-offset N each seed's model is trained with train.seed=seed+N: the same splits
+and examples, another LoRA init, dropout and batch order. Run it with the same --seeds and another
+--name to see how far the scores move from one training to the next.
 """
 
 from __future__ import annotations
@@ -66,8 +70,9 @@ MEDOID_POOL = 500  # training descriptions the constant is chosen from, at most
 def run_seed(args: argparse.Namespace, seed: int) -> Path:
     """Run 01-03 for one seed; return its side_by_side.csv."""
     run = f"{args.name}-cv-s{seed}"
+    retrain = [f"train.seed={seed + args.train_seed_offset}"] if args.train_seed_offset else []
     common = ["--preset", args.preset, "--root", str(args.root), f"data.source={args.source}",
-              f"seed={seed}", f"paths.run={run}", *args.overrides]
+              f"seed={seed}", f"paths.run={run}", *retrain, *args.overrides]
     folder = "eval" if args.split == "test" else "eval_validation"
     for stage in STAGES:
         start = time.time()
@@ -181,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="score every text with Amazon's edition note cut out")
     parser.add_argument("--without-review-byline", action="store_true",
                         help="score every text with trade reviews' copyright lines cut out")
+    parser.add_argument("--train-seed-offset", type=int, default=0,
+                        help="train each seed with train.seed=seed+N (0: the seed's own): a second training")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every stage")
     args = parser.parse_args(argv)
     args.source = str(Path(args.source).resolve())
@@ -219,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {v}" for k, v in wins.items())]
     print("\n".join(lines[-(len(MODELS) + len(intervals) + 2):]))
     report = {"preset": args.preset, "name": args.name, "split": args.split, "source": args.source,
-              "seeds": args.seeds, "overrides": args.overrides, "without_edition_note": args.without_edition_note,
+              "seeds": args.seeds, "overrides": args.overrides,
+              "train_seed_offset": args.train_seed_offset, "without_edition_note": args.without_edition_note,
               "without_review_byline": args.without_review_byline,
               "per_seed": per_seed, "pooled": pooled,
               "rows": len(rows), "bootstrap_95": intervals["base"],
