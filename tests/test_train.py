@@ -201,14 +201,17 @@ def test_neftune_noise_reaches_training_only(tiny_model_dir, tmp_path):
 
 def test_train_seed_changes_the_training_not_the_data(tiny_model_dir, tmp_path):
     """train.seed moves LoRA's init and the batch order (the adapter differs) on the same prepared
-    data; -1 (the default) is the run's seed, so setting it to that seed changes nothing."""
-    adapters = {}
+    data; -1 (the default) is the run's seed, so setting it to that seed changes nothing. The
+    prepared data's folder is the same for all three: 02 trains on the split 01 made for `seed`."""
+    adapters, prepared = {}, set()
     for name, extra in (("default", ()), ("same", ("train.seed=42",)), ("other", ("train.seed=43",))):
         overrides = tiny_overrides(tiny_model_dir, tmp_path / name, "train.max_steps=3", "seed=42", *extra)
-        cfg, paths = stage_paths(overrides)
+        _, paths = stage_paths(overrides)
+        prepared.add(paths.prepared_name)
         write_prepared(paths)
         assert run_inprocess(overrides) == 0
         adapters[name] = adapter_tensors(paths.adapter)
+    assert len(prepared) == 1, prepared
     assert max_abs_diff(adapters["default"], adapters["same"]) == 0
     assert max_abs_diff(adapters["default"], adapters["other"]) > 0
 
