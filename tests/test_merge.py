@@ -272,6 +272,7 @@ def test_side_by_side_csv_and_recomputed_metrics(evaluated):
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     df = pd.read_csv(path, encoding="utf-8-sig", keep_default_na=False)
     assert list(df.columns) == [
+        "row",
         "uid",
         "title",
         "reference",
@@ -284,6 +285,8 @@ def test_side_by_side_csv_and_recomputed_metrics(evaluated):
         "rougeL_delta",
     ]
     assert len(df) == 6
+    doc = json.loads((paths.eval / "outputs.json").read_text())
+    assert df["row"].tolist() == doc["rows"] and len(set(doc["rows"])) == 6  # the rows' indices in the split
     with open(path, encoding="utf-8-sig", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert (
@@ -311,7 +314,7 @@ def test_report_files_and_html_escaping(evaluated):
     for name in ("improved_examples.csv", "worst_regressions.csv", "metrics.png", "report.html"):
         assert (paths.eval / name).is_file(), name
     long = pd.read_csv(paths.eval / "row_metrics.csv", encoding="utf-8-sig", keep_default_na=False)
-    assert len(long) == 3 * 6 and {"uid", "model", "rouge1", "rouge2", "rougeL", "words", "empty"} <= set(
+    assert len(long) == 3 * 6 and {"row", "uid", "model", "rouge1", "rouge2", "rougeL", "words", "empty"} <= set(
         long.columns
     )
     page = (paths.eval / "report.html").read_text(encoding="utf-8")

@@ -150,7 +150,8 @@ def test_semantic_similarity_offline():
 
 
 def _table():
-    rows = [{"uid": f"U{i}", "title": t, "content": r} for i, (t, r) in enumerate(zip(TITLES, REFS))]
+    rows = [{"row": 10 + i, "uid": f"U{i}", "title": t, "content": r} for i, (t, r) in enumerate(zip(TITLES, REFS))]
+    rows[2]["uid"] = rows[3]["uid"] = ""  # most real sample rows have no uid: "row" still tells them apart
     rows[0]["title"] += " " + XSS
     rows[1]["content"] = 'Line one, "quoted"\nline two – ünïcödé'
     outputs = {"base": ["", "x", "y", "z"], "tuned": list(OUTS), "checkpoint-2": ["a", "b", "c", "d"]}
@@ -170,6 +171,7 @@ def test_side_by_side_columns_and_csv_round_trip(tmp_path):
 
     rows, _, table = _table()
     assert list(table[0]) == [
+        "row",
         "uid",
         "title",
         "reference",
@@ -193,6 +195,7 @@ def test_side_by_side_columns_and_csv_round_trip(tmp_path):
     df = pd.read_csv(path, encoding="utf-8-sig", keep_default_na=False)
     assert list(df.columns) == list(table[0]) and len(df) == 4
     assert df["tuned_output"].tolist() == OUTS
+    assert df["row"].tolist() == [10, 11, 12, 13] and df["uid"].tolist() == ["U0", "U1", "", ""]
     assert df["rougeL_delta"].tolist() == pytest.approx([r["rougeL_delta"] for r in table])
     assert all(line.startswith('"') for line in raw.decode("utf-8-sig").split("\r\n") if line)  # all quoted
 
@@ -214,4 +217,4 @@ def test_html_escapes_every_data_string(tmp_path):
     assert "data:image/png;base64," in page and files["metrics.png"].read_bytes()[:4] == b"\x89PNG"
     for name in ("improved_examples.csv", "worst_regressions.csv"):
         text = files[name].read_text(encoding="utf-8-sig")
-        assert next(csv.reader(io.StringIO(text)))[:3] == ["uid", "title", "reference"]
+        assert next(csv.reader(io.StringIO(text)))[:4] == ["row", "uid", "title", "reference"]

@@ -354,8 +354,8 @@ def test_causal_and_seq2seq_runs_side_by_side_in_one_csv(t5_run, tiny_model_dir,
 
     table = list(csv.DictReader(io.StringIO((paths.eval / "side_by_side.csv").read_text(encoding="utf-8-sig"))))
     t5_table = list(csv.DictReader(io.StringIO((t5_paths.eval / "side_by_side.csv").read_text(encoding="utf-8-sig"))))
-    assert [r["uid"] for r in table] == [r["uid"] for r in t5_table] and len(table) == 6
-    assert list(table[0])[:6] == ["uid", "title", "reference", "base_output", "tuned_output", "t5_tuned_output"]
+    assert [(r["row"], r["uid"]) for r in table] == [(r["row"], r["uid"]) for r in t5_table] and len(table) == 6
+    assert list(table[0])[:7] == ["row", "uid", "title", "reference", "base_output", "tuned_output", "t5_tuned_output"]
     assert [r["t5_tuned_output"] for r in table] == [r["tuned_output"] for r in t5_table]
     assert [r["rougeL_t5_tuned"] for r in table] == [r["rougeL_tuned"] for r in t5_table]
     metrics = json.loads((paths.eval / "metrics.json").read_text())

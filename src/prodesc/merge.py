@@ -567,6 +567,7 @@ def outputs_document(cfg, paths, model_path, rows, settings, outputs, identities
         "family": family.for_config(cfg, model_path).name,
         "prepared": paths.prepared_name,
         "rows_fingerprint": rows_fingerprint(rows),
+        "rows": [r["row"] for r in rows],  # each output's index in the split: uids may be empty
         "uids": [r["uid"] for r in rows],
         "generation": settings.decoding(),
         "identities": identities,

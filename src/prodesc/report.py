@@ -41,14 +41,15 @@ EXAMPLES = 20
 def side_by_side_rows(
     rows: Sequence[dict[str, Any]], outputs: dict[str, list[str]], rouge_l: dict[str, list[float]]
 ) -> list[dict[str, Any]]:
-    """One dict per evaluated row: uid, title, (example_title: the titles of the examples in the
-    prompt, with data.example_words, joined by " | "), reference, <label>_output...,
-    rougeL_<label>..., rougeL_delta (tuned - base). ``outputs``/``rouge_l`` are keyed by model
-    label; base and tuned come first."""
+    """One dict per evaluated row: row (its index in the evaluated split: the key to join on, as
+    uid is empty where the raw file has none), uid, title, (example_title: the titles of the
+    examples in the prompt, with data.example_words, joined by " | "), reference,
+    <label>_output..., rougeL_<label>..., rougeL_delta (tuned - base). ``outputs``/``rouge_l`` are
+    keyed by model label; base and tuned come first."""
     labels = list(outputs)
     table = []
     for i, row in enumerate(rows):
-        item: dict[str, Any] = {"uid": row["uid"], "title": row["title"]}
+        item: dict[str, Any] = {"row": row["row"], "uid": row["uid"], "title": row["title"]}
         if "examples" in row:
             item["example_title"] = titles_line(row["examples"])
         item["reference"] = row["content"]
@@ -65,9 +66,9 @@ def side_by_side_rows(
 def long_row_metrics(
     rows: Sequence[dict[str, Any]], per_row: dict[str, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    """Every per-row score of every model, one line per (model, row): uid, model, rouge1, ..."""
+    """Every per-row score of every model, one line per (model, row): row, uid, model, rouge1, ..."""
     return [
-        {"uid": row["uid"], "model": label, **scores[i]}
+        {"row": row["row"], "uid": row["uid"], "model": label, **scores[i]}
         for label, scores in per_row.items()
         for i, row in enumerate(rows)
     ]
