@@ -281,7 +281,7 @@ def test_training_and_evaluation_show_the_examples(example_run, monkeypatch):
         assert "\n\n".join(f"Title: {t}\nDescription: {d}" for t, d in zip(row["example_title"], row["example_content"])) in prompt
     with open(paths.eval / "side_by_side.csv", encoding="utf-8-sig", newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert len(table) == 6 and list(table[0])[:4] == ["uid", "title", "example_title", "reference"]
+    assert len(table) == 6 and list(table[0])[:5] == ["row", "uid", "title", "example_title", "reference"]
     assert all(r["example_title"] == " | ".join(rows[r["title"]]["example_title"]) for r in table)
 
 
