@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -102,6 +103,11 @@ def test_length_knobs_leave_old_cache_keys_alone():
     assert set(GenSettings(mbr_references=5).decoding()) == before  # no candidates: no references
     assert set(GenSettings(mbr_samples=4, mbr_metric="chrf", mbr_references=5).decoding()) == before | {
         "mbr_samples", "mbr_metric", "mbr_references"}
+    assert set(GenSettings(mbr_greedy=True).decoding()) == before  # no candidates: nothing to join
+    assert not GenSettings(mbr_greedy=True).greedy_candidate
+    with_greedy = GenSettings(mbr_samples=4, mbr_greedy=True)
+    assert with_greedy.greedy_candidate and set(with_greedy.decoding()) == set(mbr.decoding()) | {"mbr_greedy"}
+    assert set(GenSettings(mbr_samples=4).decoding()) == set(mbr.decoding())  # off: the key of older caches
 
 
 def test_sampling_knobs_key_only_sampled_outputs():
@@ -438,6 +444,35 @@ def test_mbr_samples_returns_each_titles_chosen_candidate(tiny, monkeypatch):
     prompts = render_prompts(tok, BUILTIN["chat"], TITLES)  # generated longest first
     order = sorted(range(len(TITLES)), key=lambda i: -len(tok(prompts[i])["input_ids"]))
     assert [out[i] for i in order] == picks  # each title got the pick from its own candidates
+
+
+def test_mbr_greedy_adds_the_greedy_output_as_the_last_candidate(tiny, monkeypatch):
+    """eval.mbr_greedy: each title's candidates are the same 3 sampled texts as without it, then
+    the text greedy decoding gives on the same batch (a second generate call, no sampling)."""
+    model, tok = tiny
+    given: list[list[str]] = []
+    real = metrics.mbr_choice
+
+    def spy(candidates, metric, references=()):
+        given.append(list(candidates))
+        return real(candidates, metric, references)
+
+    monkeypatch.setattr(metrics, "mbr_choice", spy)
+    s = GenSettings(max_new_tokens=8, mbr_samples=3, batch_size=6)  # 2 titles a batch
+    describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=1)
+    sampled, given[:] = list(given), []
+    wrapped = CountingModel(model)
+    with_greedy = dataclasses.replace(s, mbr_greedy=True)
+    out = describe(wrapped, tok, BUILTIN["chat"], TITLES, with_greedy, progress=False, seed=1)
+    assert [len(g) for g in given] == [4] * len(TITLES)
+    assert [g[:3] for g in given] == sampled  # the greedy call draws no random numbers
+    calls = [(kw["input_ids"].shape[0], kw["do_sample"], kw.get("num_return_sequences")) for kw in wrapped.kwargs]
+    assert calls == [(2, True, 3), (2, False, None), (2, True, 3), (2, False, None), (1, True, 3), (1, False, None)]
+    greedy = describe(model, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=8, batch_size=2), progress=False)
+    prompts = render_prompts(tok, BUILTIN["chat"], TITLES)  # generated longest first
+    order = sorted(range(len(TITLES)), key=lambda i: -len(tok(prompts[i])["input_ids"]))
+    assert [BUILTIN["chat"].extract(g[3]) for g in given] == [greedy[i] for i in order]
+    assert [out[i] for i in order] == [BUILTIN["chat"].extract(g[real(g, "rougeL")]) for g in given]
 
 
 def test_mbr_references_replace_the_other_candidates(tiny, monkeypatch):

@@ -315,6 +315,11 @@ class EvalConfig:
     descriptions are a sample of the prepared training split fixed by the run's seed, so 03 and 04
     need the prepared data. It favours the wording that real descriptions share over what the
     model's own samples agree on."""
+    mbr_greedy: bool = False
+    """With eval.mbr_samples: the greedy output (no sampling, the same penalty and lengths) joins
+    the sampled candidates as one more, after them (the earlier wins a tie). Generation costs one
+    more sequence per title; the sampled candidates stay the same texts. Ignored without
+    candidates."""
     checkpoints: list[str] = field(default_factory=list)
     """Extra checkpoints of the run to compare (folder names under checkpoints/, e.g. checkpoint-100)."""
     compare_runs: list[str] = field(default_factory=list)

@@ -10,8 +10,8 @@
 - :func:`describe` = the two above + ``template.extract``: titles in, descriptions out (with an
   optional streamer that prints the tokens as they are generated: the demo).
 - ``eval.mbr_samples``: minimum Bayes risk decoding. ``generate`` samples N candidates per prompt
-  (``num_return_sequences``) and :func:`prodesc.metrics.mbr_choice` keeps the one that agrees most
-  with the others.
+  (``num_return_sequences``), ``eval.mbr_greedy`` adds the greedy output, and
+  :func:`prodesc.metrics.mbr_choice` keeps the one that agrees most with the others.
 - :class:`GenerationCache` keeps generations in a JSON Lines file, one line per row, appended and
   flushed per batch, so an interrupted evaluation resumes with only the missing rows; the file's
   header holds a hash of (model identity, settings, template) and a change starts a new file. When
@@ -62,6 +62,7 @@ class GenSettings:
     mbr_samples: int = EvalConfig.mbr_samples
     mbr_metric: str = EvalConfig.mbr_metric
     mbr_references: int = EvalConfig.mbr_references
+    mbr_greedy: bool = EvalConfig.mbr_greedy
     batch_size: int = EvalConfig.batch_size
 
     @classmethod
@@ -83,6 +84,8 @@ class GenSettings:
         if not out["mbr_samples"]:  # likewise; the metric matters only with candidates
             out.pop("mbr_samples")
             out.pop("mbr_metric")
+        if not self.greedy_candidate:  # likewise
+            out.pop("mbr_greedy")
         if not out["stop_at_turn"]:  # off: what caches written before the setting existed did
             out.pop("stop_at_turn")
         if not self.samples:  # greedy or beams ignore them: any value keys as the default does
@@ -94,6 +97,11 @@ class GenSettings:
     def candidates(self) -> int:
         """Sequences generated per prompt: eval.mbr_samples, or 1."""
         return max(1, self.mbr_samples)
+
+    @property
+    def greedy_candidate(self) -> bool:
+        """Whether the greedy output joins the sampled candidates (eval.mbr_greedy with candidates)."""
+        return self.mbr_greedy and self.candidates > 1
 
     @property
     def samples(self) -> bool:
@@ -134,6 +142,14 @@ def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) ->
     else:  # neutralise sampling defaults a generation_config may carry (avoids warnings)
         kwargs.update(temperature=None, top_p=None, top_k=None)
     return kwargs
+
+
+def greedy_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``model.generate`` arguments for eval.mbr_greedy's extra candidate: ``kwargs`` (one batch's,
+    penalty and lengths included) without sampling and with one sequence per prompt."""
+    out = {k: v for k, v in kwargs.items() if k != "num_return_sequences"}
+    out.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return out
 
 
 class OutputRepetitionPenalty:
@@ -276,12 +292,13 @@ def generate_raw(
     ``batch_size // N`` prompts (at least one), so it still holds about ``batch_size`` sequences.
     With ``eval.mbr_references`` the candidates are compared with ``references`` (real
     descriptions, :func:`prodesc.prepare.reference_descriptions`) instead of with each other.
+    With ``eval.mbr_greedy`` a second, greedy call on the same batch adds each prompt's greedy
+    output as its last candidate.
     """
     if not prompts:
         return []
     if settings.references and not references:
         raise ValueError("eval.mbr_references is on but no reference descriptions were passed")
-    import torch
     from tqdm.auto import tqdm
 
     fam = family.of_model(model)
@@ -315,14 +332,15 @@ def generate_raw(
                 add_special_tokens=add_special_tokens,
             ).to(device)
             batch_kwargs = {**kwargs, **scoped_penalty(settings, fam, enc, kwargs["eos_token_id"])}
-            with torch.inference_mode():
-                gen = model.generate(**enc, **batch_kwargs)
-            new = fam.new_tokens(gen, enc["input_ids"].shape[1])
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            texts = _generate_texts(model, tokenizer, fam, enc, batch_kwargs)
             if n > 1:  # each prompt's candidates are consecutive
+                groups = [texts[k : k + n] for k in range(0, len(texts), n)]
+                if settings.greedy_candidate:  # sampling first: the greedy call draws no random numbers
+                    greedy = _generate_texts(model, tokenizer, fam, enc, greedy_kwargs(batch_kwargs))
+                    groups = [group + [text] for group, text in zip(groups, greedy)]
                 texts = [
-                    _choose(texts[k : k + n], settings.mbr_metric, references if settings.references else ())
-                    for k in range(0, len(texts), n)
+                    _choose(group, settings.mbr_metric, references if settings.references else ())
+                    for group in groups
                 ]
             for i, text in zip(idx, texts):
                 out[i] = text
@@ -332,6 +350,15 @@ def generate_raw(
     finally:
         bar.close()
     return [t if t is not None else "" for t in out]
+
+
+def _generate_texts(model: Any, tokenizer: Any, fam: family.Family, enc: Any, kwargs: dict[str, Any]) -> list[str]:
+    """One ``model.generate`` call on a tokenized batch: the new text of every returned sequence."""
+    import torch
+
+    with torch.inference_mode():
+        gen = model.generate(**enc, **kwargs)
+    return tokenizer.batch_decode(fam.new_tokens(gen, enc["input_ids"].shape[1]), skip_special_tokens=True)
 
 
 def rng_state() -> dict[str, Any]:
