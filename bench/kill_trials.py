@@ -24,9 +24,9 @@ What a disconnected Colab runtime does to a stage, done on purpose, many times:
 - **03 (merge + evaluate)**: killed at a random delay, while merged_fp16/ is built, during
   generation, or while the reports are written; merged_fp16/ must be absent or complete and every
   CSV/JSON/HTML/PNG present must be whole; a re-run must write the same side_by_side.csv and
-  metrics as an uninterrupted run. With ``--mbr-03 N`` 03 samples N candidates per title
-  (``eval.mbr_samples``, as ``cpu-quality`` does), so a run killed while generating must also go on
-  sampling where it stopped.
+  metrics as an uninterrupted run. With ``--mbr-03 N`` 03 samples N candidates per title and adds
+  the greedy one (``eval.mbr_samples``, ``eval.mbr_greedy``, as ``cpu-quality`` does), so a run
+  killed while generating must also go on sampling where it stopped.
 
 Prints one line per trial (stage, moment, what was on disk, outcome) and the totals; exits 1 when
 any trial fails. The tiny model and data come from tests/conftest.py; everything is written under
@@ -705,7 +705,7 @@ def trials_03(trained: Path, work: Path, n: int, rng: random.Random, say: Callab
               report: Report, mbr: int = 0) -> None:
     ref_root = work / "ref03"
     shutil.copytree(trained, ref_root)
-    eval_03 = [*EVAL_03, *([f"eval.mbr_samples={mbr}"] if mbr else [])]
+    eval_03 = [*EVAL_03, *([f"eval.mbr_samples={mbr}", "eval.mbr_greedy=true"] if mbr else [])]
     ref_args = [f"paths.root={ref_root}", *TRAIN_02, *MODEL_ARG, *eval_03]
     start = time.monotonic()
     rc, stage = run_to_end("03_merge_fp16.py", ref_args, work / "ref03.log")

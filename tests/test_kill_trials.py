@@ -1,6 +1,6 @@
 """Kill trials, small: SIGKILL 02 three times in one chain, 01 once and 03 once (sampling 2
-candidates per title, as cpu-quality samples 8), with the same code as ``bench/kill_trials.py``
-(which runs >= 20 kills of 02). Real stage processes, real SIGKILLs."""
+candidates per title plus the greedy one, as cpu-quality samples 8 and adds it), with the same
+code as ``bench/kill_trials.py`` (which runs >= 20 kills of 02). Real stage processes, real SIGKILLs."""
 
 from __future__ import annotations
 
