@@ -118,6 +118,7 @@ def test_presets_shipped_are_the_ones_the_product_needs():
     assert (quality.lora.r, quality.lora.alpha) == (32, 64) and (cpu.lora.r, cpu.lora.alpha) == (16, 32)
     assert (quality.eval.mbr_samples, quality.eval.mbr_metric, quality.eval.do_sample) == (8, "rougeL", False)
     assert quality.eval.mbr_references == 40 and cpu.eval.mbr_references == 0
+    assert quality.eval.mbr_greedy and not cpu.eval.mbr_greedy  # the greedy output joins the candidates
     assert (quality.eval.temperature, quality.eval.top_p, quality.eval.top_k) == (0.7, 0.95, 0)
     # the example in the prompt, chosen on validation with the longer rows it needs and the
     # penalty counting only the output, carried into the GPU presets (a template change); `cpu`
