@@ -114,7 +114,7 @@ def test_presets_shipped_are_the_ones_the_product_needs():
     assert cpu.model.name == C.EMBEDDED_MODEL and cpu.data.source == "bundled"
     quality = C.load_config("cpu-quality")
     assert quality.model.name == cpu.model.name and quality.eval.rows == "all"
-    assert quality.eval.min_new_tokens == 128 and cpu.eval.min_new_tokens == 0  # chosen on validation
+    assert quality.eval.min_new_tokens == 184 and cpu.eval.min_new_tokens == 0  # chosen on validation
     assert (quality.lora.r, quality.lora.alpha) == (32, 64) and (cpu.lora.r, cpu.lora.alpha) == (16, 32)
     assert (quality.eval.mbr_samples, quality.eval.mbr_metric, quality.eval.do_sample) == (8, "rougeL", False)
     assert quality.eval.mbr_references == 40 and cpu.eval.mbr_references == 0
