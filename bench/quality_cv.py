@@ -32,7 +32,7 @@ quoted trade reviews ("Copyright 1991 Reed Business Information, Inc.", data.dro
 for runs prepared before 01 cut it (report: -without-byline; both flags: -without-note-byline).
 
 Writes <root>/quality_cv/<name>-<split>.json (atomically) and prints a table. Each seed takes
-about as long as the preset's 02 + 03 (cpu-quality: ~50 min on 2 cores, ~15 with
+about as long as the preset's 02 + 03 (cpu-quality: ~60 min on 2 cores, ~15 with
 eval.mbr_samples=0). A finished seed is not redone (02 and 03 skip what is complete), so an
 interrupted run resumes. Extra key=value arguments go to every stage (e.g.
 eval.repetition_penalty=1.1).
