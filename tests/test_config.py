@@ -175,3 +175,37 @@ def test_validation_runs_on_direct_construction_too():
         C.TrainConfig(batch_size=0)
     assert dataclasses.is_dataclass(C.Config)
     assert typing.get_type_hints(C.Config)["model"] is C.ModelConfig
+
+
+@pytest.mark.parametrize("name", C.preset_names())
+def test_quick_is_a_small_run_of_its_own_on_every_preset(name):
+    full = C.load_config(name)
+    cfg = C.load_config(name, ["quick=true"])
+    assert cfg.run_name == f"{name}-quick" and cfg.full_run == full
+    steps, rows = cfg.quick_steps, cfg.quick_rows
+    assert cfg.train.max_steps == steps and cfg.train.save_steps <= steps
+    assert (cfg.data.validation_size, cfg.data.test_size, cfg.data.train_size) == (rows, rows, 0)
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    assert cfg.data.subsample == steps * per_step + 2 * rows  # enough rows for one pass
+    assert cfg.eval.rows <= rows
+    # the batch, model and template stay the preset's: the quick run tries what the full run will use
+    assert (cfg.train.batch_size, cfg.model, cfg.data.template) == (full.train.batch_size, full.model, full.data.template)
+    from prodesc.paths import prepared_name
+
+    assert prepared_name(cfg) != prepared_name(full)  # its own prepared data too
+    assert C.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg  # what 02 saves reloads as the same config
+
+
+def test_quick_keeps_what_the_command_line_says_and_always_names_its_run():
+    cfg = C.load_config("t4", ["quick=true", "train.max_steps=12", "eval.rows=3", "paths.run=mine"])
+    assert (cfg.train.max_steps, cfg.eval.rows, cfg.run_name) == (12, 3, "mine-quick")
+    assert cfg.full_run.run_name == "mine" and cfg.full_run.train.max_steps == 12
+    assert C.load_config("t4", ["quick=true", "paths.run=a-quick"]).run_name == "a-quick"
+    assert C.load_config("t4").full_run is None
+
+
+def test_the_cpu_quick_run_is_sized_for_two_cores():
+    cfg = C.load_config("cpu", ["quick=true"])  # measured: 02 + 03 under 3 min (README)
+    assert (cfg.train.max_steps, cfg.eval.rows, cfg.data.subsample) == (5, 8, 5 * 8 + 16)
+    with pytest.raises(ConfigError, match="quick_steps"):
+        C.load_config("cpu", ["quick=true", "quick_steps=0"])

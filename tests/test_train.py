@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -580,3 +581,29 @@ def test_loss_history_merges_train_and_eval_rows(tmp_path):
     assert trainlog.read_history(tmp_path / "h.csv")[0]["eval_loss"] is None
     trainlog.plot_history(tmp_path / "c.png", rows)
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_quick_run_estimates_the_full_run_from_its_step_time(tiny_model_dir, tmp_path, capsys):
+    overrides = [o for o in tiny_overrides(tiny_model_dir, tmp_path / "root") if not o.startswith("train.max_steps")]
+    overrides += ["quick=true", "quick_steps=5"]
+    cfg, paths = stage_paths(overrides)
+    assert paths.run.name == "tiny-quick"
+    write_prepared(paths)
+    assert run_inprocess(overrides) == 0
+    err = capsys.readouterr().err
+    # timed from step 2 (the first step warms up) to step 5; the cpu preset's train split is a
+    # fraction of the file, so the full run is estimated per 1,000 training rows
+    assert re.search(r"\d+\.\d\d s a step: this run ends its 5 steps in ~\d+ s; the full run "
+                     r"\(without quick\) trains ~\S+ \S+ per 1,000 training rows", err), err[-2000:]
+    assert json.loads((paths.run / "train_summary.json").read_text())["steps"] == 5
+
+
+def test_the_estimate_names_the_full_runs_steps():
+    from prodesc.config import load_config
+
+    cfg = load_config("t4", ["quick=true"])
+    assert train.full_run_steps(cfg.full_run) == 625  # 10,000 rows, one epoch, 16 a step
+    text = train.estimate(cfg, 2.0, 10, 30)
+    assert text == ("2.00 s a step: this run ends its 30 steps in ~40 s; the full run (without quick, "
+                    "625 steps) would train ~21 min (estimate, validation not counted)")
+    assert train.estimate(load_config("t4"), 2.0, 10, 625).endswith("625 steps in ~20 min")

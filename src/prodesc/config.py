@@ -376,12 +376,30 @@ class Config:
     """Redo a stage whose output exists (the old output is replaced only once the new one is complete)."""
     resume: str = "auto"
     """Training: `auto` (newest complete checkpoint of the run), `no`, or a checkpoint folder."""
+    quick: bool = False
+    """A first run of a few minutes on any preset: `quick_steps` training steps on a small
+    subsample of the data (`quick_rows` validation and test rows, quick_steps x the batch for
+    training), `quick_rows` evaluated rows, and a run and prepared data of its own (run name +
+    `-quick`), so it never mixes with the full run. Settings given on the command line still win.
+    02 estimates the full run's time from the measured step time."""
+    quick_steps: int = 30
+    """Training steps of a `quick` run."""
+    quick_rows: int = 50
+    """Validation, test and evaluated rows of a `quick` run."""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+    full_run = None
+    """For a ``quick`` run: the Config of the full run it stands in for (set by :func:`load_config`;
+    not a key). 02 estimates that run's time from the quick run's step time."""
+
+    def __post_init__(self) -> None:
+        _check(self.quick_steps > 0, "quick_steps", "must be > 0")
+        _check(self.quick_rows > 0, "quick_rows", "must be > 0")
 
     @property
     def run_name(self) -> str:
@@ -705,7 +723,33 @@ def load_config(
             raise ConfigError(f"override '{item}' is not key=value (e.g. train.learning_rate=1e-4)")
         _apply(tree, key.strip(), value.strip(), from_text=True)
     tree["preset"] = path.stem
-    return from_dict(tree)
+    if not tree["quick"]:
+        return from_dict(tree)
+    full = from_dict({**tree, "quick": False})
+    quick_tree = full.to_dict()
+    quick_tree["quick"] = True
+    _apply_quick(quick_tree)
+    for item in overrides:  # what the user asked for wins over the quick settings
+        key, _, value = item.partition("=")
+        _apply(quick_tree, key.strip(), value.strip(), from_text=True)
+    run = quick_tree["paths"]["run"] or full.run_name
+    quick_tree["paths"]["run"] = run if run.endswith("-quick") else f"{run}-quick"
+    cfg = from_dict(quick_tree)
+    cfg.full_run = full
+    return cfg
+
+
+def _apply_quick(tree: dict[str, Any]) -> None:
+    """Turn a full run's settings (nested dict) into its ``quick`` run's."""
+    steps, rows = tree["quick_steps"], tree["quick_rows"]
+    train, data = tree["train"], tree["data"]
+    train_rows = steps * train["batch_size"] * train["grad_accum"]
+    data.update(subsample=train_rows + 2 * rows, train_size=0.0,
+                validation_size=float(rows), test_size=float(rows))
+    train.update(max_steps=steps, save_steps=min(train["save_steps"], max(1, steps // 3)),
+                 eval_steps=0, logging_steps=min(train["logging_steps"], max(1, steps // 10)))
+    evaluated = tree["eval"]["rows"]
+    tree["eval"]["rows"] = rows if evaluated == "all" else min(evaluated, rows)
 
 
 def from_dict(tree: dict[str, Any]) -> Config:

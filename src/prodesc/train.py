@@ -19,6 +19,7 @@ train_summary.json, logs/ (TensorBoard, loss_history.csv, loss_curve.png).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import resource
@@ -474,7 +475,10 @@ def build_trainer(cfg, paths, dirs, args, model, tokenizer, data, fam: family.Fa
     """The family's trainer (causal: TRL SFTTrainer; seq2seq: Seq2SeqTrainer) with the shared
     callbacks (loss history, Drive mirror), validation split and TensorBoard folder."""
     fam = fam or family.of_model(model)
-    callbacks = [trainlog.loss_callback(paths.logs, title=f"{cfg.run_name}: {cfg.model.name}")]
+    callbacks = [
+        trainlog.loss_callback(paths.logs, title=f"{cfg.run_name}: {cfg.model.name}"),
+        trainlog.eta_callback(lambda per_step, step, max_steps: estimate(cfg, per_step, step, max_steps)),
+    ]
     if dirs.mirror is not None:
         callbacks.append(checkpoints.mirror_callback(dirs.mirror, cfg.train.save_total_limit))
     eval_ds = data["validation"] if len(data["validation"]) else None
@@ -494,6 +498,41 @@ def build_trainer(cfg, paths, dirs, args, model, tokenizer, data, fam: family.Fa
             os.environ.pop(TENSORBOARD_ENV, None)
         else:
             os.environ[TENSORBOARD_ENV] = before
+
+
+def full_run_steps(cfg: Config) -> int | None:
+    """Optimizer steps of ``cfg``'s training before any data is read: train.max_steps, or the
+    epochs over a train split given as a count (None when it is a fraction of the file)."""
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    if cfg.data.train_size < 1:
+        return None
+    return math.ceil(cfg.train.epochs * cfg.data.train_size / (cfg.train.batch_size * cfg.train.grad_accum))
+
+
+def estimate(cfg: Config, per_step: float, step: int, max_steps: int) -> str:
+    """02's one-line time estimate from the measured seconds per step: this run's remaining
+    time and, for a ``quick`` run, the full run's training time."""
+    text = (f"{per_step:.2f} s a step: this run ends its {max_steps} steps in "
+            f"~{_duration(per_step * (max_steps - step))}")
+    full = cfg.full_run
+    if full is None:
+        return text
+    steps = full_run_steps(full)
+    if steps is None:
+        rows = 1000 / (full.train.batch_size * full.train.grad_accum)
+        return (f"{text}; the full run (without quick) trains ~{_duration(per_step * rows * full.train.epochs)}"
+                " per 1,000 training rows (estimate, validation not counted)")
+    return (f"{text}; the full run (without quick, {steps:,} steps) would train "
+            f"~{_duration(per_step * steps)} (estimate, validation not counted)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def final_eval_loss(trainer: Any, data: dict) -> float | None:

@@ -3,7 +3,8 @@
 Both are rebuilt from the Trainer's ``state.log_history``, which is saved in every checkpoint and
 restored on resume: after a crash and a resume the history holds exactly the logged steps of the
 checkpointed run plus the new ones, never the lost steps the crashed process logged after its last
-checkpoint. matplotlib (Agg backend) is imported only when a plot is drawn.
+checkpoint. matplotlib (Agg backend) is imported only when a plot is drawn. Also: the one-line
+estimate of the run's time that 02 logs once the first steps are timed.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from prodesc.atomic import write_bytes, write_text
 
@@ -113,3 +116,31 @@ def loss_callback(logs_dir: Path, title: str = ""):
             self.refresh(state, plot=True)
 
     return LossHistoryCallback()
+
+
+def eta_callback(describe: Callable[[float, int, int], str], after_steps: int = 3):
+    """A TrainerCallback that logs one estimate, once ``after_steps`` steps have been timed: the
+    first step of the process is not timed (it includes compilation and warm-up).
+    ``describe(seconds_per_step, step, max_steps)`` words the estimate."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.start: float | None = None
+            self.first_step = 0
+            self.done = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.done or not state.is_world_process_zero:
+                return
+            if self.start is None:
+                self.start, self.first_step = time.perf_counter(), state.global_step
+                return
+            timed = state.global_step - self.first_step
+            if timed >= after_steps:
+                self.done = True
+                per_step = (time.perf_counter() - self.start) / timed
+                print(f"[prodesc] {describe(per_step, state.global_step, state.max_steps)}",
+                      file=sys.stderr, flush=True)
+
+    return StepTimer()
