@@ -1,13 +1,14 @@
 # Two commands for a fresh machine (see README):
 #   make local   install into .venv, then run the pipeline on the embedded model + bundled sample
 #   make test    install into .venv, then run the test suite (what .ci/run runs)
+#   make colab-bundle   prodesc-code.zip: the code to upload to MyDrive/prodesc/ for the notebook
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ROOT   ?= artifacts
 
-.PHONY: install local test
+.PHONY: install local test colab-bundle
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +25,13 @@ local: install
 
 test: install
 	$(PY) -m pytest -q
+
+# What the Colab notebook needs (no tests, benchmarks or docs), from this checkout as it is now,
+# under one folder prodesc/; written to a temporary name first, then renamed.
+BUNDLE_FILES := src configs colab requirements-colab.txt requirements-local.txt pyproject.toml README.md LICENSE Makefile
+colab-bundle:
+	git ls-files --cached --others --exclude-standard -- $(BUNDLE_FILES) | $(PYTHON) -c "import os, sys, zipfile; \
+	z = zipfile.ZipFile('prodesc-code.zip.tmp', 'w', zipfile.ZIP_DEFLATED); \
+	[z.write(f, 'prodesc/' + f) for f in sys.stdin.read().splitlines() if os.path.isfile(f)]; z.close(); \
+	os.replace('prodesc-code.zip.tmp', 'prodesc-code.zip')"
+	@echo "prodesc-code.zip: upload it to MyDrive/prodesc/ (the notebook's DRIVE_FOLDER) and Run all"

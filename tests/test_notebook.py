@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_every_stage_cell_stops_run_all_when_its_script_fails():
     code = cells("code")
     helper = next(i for i, c in enumerate(code) if "def stop_if_failed(" in c)
     stages = [(i, c) for i, c in enumerate(code) if re.search(r"^!python src/\d\d_", c, re.M)]
-    assert len(stages) == 5 and helper < stages[0][0]
+    assert len({re.search(r"src/(\d\d)_", c).group(1) for _, c in stages}) == 5 and helper < stages[0][0]
     for _, source in stages:
         script = re.search(r"^!python src/(\d\d_\w+)\.py", source, re.M).group(1)
         assert source.rstrip().endswith(f'stop_if_failed("{script}")'), script
@@ -99,3 +100,89 @@ def test_the_preset_dropdown_offers_every_shipped_preset():
     offered = json.loads(found.group(1))
     assert offered[0] == ""  # empty: chosen from the GPU
     assert sorted(offered[1:]) == preset_names()
+
+
+def cell(title: str) -> str:
+    return next(c for c in cells("code") if c.startswith(f"# @title {title}"))
+
+
+def test_every_code_cell_has_a_title():
+    for source in cells("code"):
+        assert source.startswith("# @title "), source[:60]
+
+
+def test_the_gpu_is_checked_before_anything_else_and_a_gpu_preset_on_a_cpu_runtime_stops(monkeypatch, tmp_path):
+    code = cells("code")
+    assert code[1].startswith("# @title Check the GPU")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi: a CPU runtime
+    for preset in preset_names():
+        namespace = {"PRESET": preset}
+        if preset.startswith("cpu"):
+            exec(cell("Check the GPU"), namespace)
+        else:
+            with pytest.raises(RuntimeError, match=f"preset {preset} needs a GPU .* Change runtime type"):
+                exec(cell("Check the GPU"), namespace)
+    exec(cell("Check the GPU"), {"PRESET": ""})  # chosen from the hardware: cpu here
+    # nvidia-smi answers: the cell shows what it prints (name, memory, driver and CUDA versions)
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Tesla T4  15360MiB  CUDA Version: 12.8'\n")  # stands in for the driver's tool
+    smi.chmod(0o755)
+    namespace = {"PRESET": "t4"}
+    exec(cell("Check the GPU"), namespace)
+    assert "Tesla T4" in namespace["SMI"]
+
+
+def get_code(tmp_path, monkeypatch, repo_url: str = "") -> dict:
+    """Run the "Get the code" cell (its `!git` and `%cd` lines blanked) on a fake VM."""
+    vm = tmp_path / "content"
+    vm.mkdir(exist_ok=True)
+    monkeypatch.chdir(vm)
+    root = tmp_path / "MyDrive" / "prodesc"
+    root.mkdir(parents=True, exist_ok=True)
+    namespace = {"ROOT": str(root), "DRIVE_MOUNT": str(vm / "drive"), "REPO_URL": repo_url, "shlex": __import__("shlex")}
+    exec("import os, shutil\n" + python_only(cell("Get the code")), namespace)
+    return namespace
+
+
+def test_without_code_on_the_vm_or_drive_and_no_repo_url_the_code_cell_says_what_to_upload(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match=r"no prodesc code found: upload prodesc-code.zip \(`make colab-bundle`\)"):
+        get_code(tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("folder", ["prodesc/", "prodesc-main/", ""])
+def test_the_code_comes_from_an_archive_in_the_drive_folder(tmp_path, monkeypatch, folder):
+    import zipfile
+
+    root = tmp_path / "MyDrive" / "prodesc"
+    root.mkdir(parents=True)
+    with zipfile.ZipFile(root / "prodesc-code.zip", "w") as archive:  # as `make colab-bundle` or GitHub makes it
+        archive.writestr(f"{folder}src/01_prepare.py", "# stage 01\n")
+        archive.writestr(f"{folder}configs/cpu.yaml", "model: {}\n")
+    namespace = get_code(tmp_path, monkeypatch)
+    code = Path(namespace["CODE"])
+    assert code == tmp_path / "content" / "prodesc"
+    assert (code / "src" / "01_prepare.py").read_text() == "# stage 01\n" and (code / "configs" / "cpu.yaml").is_file()
+    assert not list((tmp_path / "content").glob("tmp*")), "the unpacking folder is removed"
+
+
+def test_the_code_already_on_the_vm_wins(tmp_path, monkeypatch):
+    here = tmp_path / "content" / "prodesc" / "src"
+    here.mkdir(parents=True)
+    (here / "01_prepare.py").write_text("# already here\n")
+    assert get_code(tmp_path, monkeypatch)["CODE"] == str(here.parent)
+
+
+def test_make_colab_bundle_packs_what_the_notebook_needs(tmp_path):
+    import subprocess
+    import zipfile
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    out = subprocess.run(["make", "-s", "colab-bundle"], cwd=clone, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    names = set(zipfile.ZipFile(clone / "prodesc-code.zip").namelist())
+    for needed in ("src/01_prepare.py", "src/prodesc/config.py", "configs/t4.yaml", "requirements-colab.txt",
+                   "colab/launcher.ipynb", "src/prodesc/data/sample_trn.jsonl"):
+        assert f"prodesc/{needed}" in names, needed
+    assert not [n for n in names if n.startswith(("prodesc/tests/", "prodesc/bench/")) or "__pycache__" in n]
+    assert "MyDrive/prodesc/" in out.stdout

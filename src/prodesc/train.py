@@ -129,6 +129,9 @@ def _body(cfg: Config, paths: RunPaths) -> None:
         atomic.write_json(paths.run / "train_summary.json", summary)
         log(f"adapter: {paths.adapter}")
         print(json.dumps(summary, indent=2))
+        gpu = summary.get("peak_gpu_reserved_mb")
+        log(f"trained {summary['steps']} steps in {_duration(summary['runtime_s'])}; peak memory: "
+            + (f"GPU {gpu / 1024:.1f} GiB reserved, " if gpu else "") + f"RAM {summary['peak_rss_mb'] / 1024:.1f} GiB")
     if args.world_size > 1:
         import torch.distributed as dist
 
@@ -601,6 +604,7 @@ def peak_memory() -> dict[str, Any]:
         import torch
 
         out["peak_gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["peak_gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     return out
 
 
