@@ -1,22 +1,27 @@
 """colab/launcher.ipynb executed headless, the way a Colab user runs it: *Run all*, then *Run all*
 again after a disconnect (a fresh runtime, the same Drive).
 
-It runs on CPU with the `cpu` preset and tiny settings, set through the notebook's own form fields
-as a user would set them. Only what exists solely in a Colab runtime is faked: the `google.colab`
-package (tests/fakes/google/colab: `drive.mount` shows a temporary folder as "My Drive",
-`files.download` records its calls; see tests/fakes/README.md). Everything else is real: the
-kernel runs the numbered scripts with `!python`, which is this interpreter (its folder comes first
-on the kernel's PATH), from this checkout (the kernel's working folder, so "Get the code" uses it
-instead of cloning), on the embedded SmolLM2 model.
+It runs on CPU with the `cpu` preset, QUICK ticked and tiny settings, set through the notebook's own
+form fields as a user would set them. The runtime starts empty, as Colab's does: the code comes from
+the archive `make colab-bundle` writes, uploaded to the Drive folder, and the data from the
+dataset's zip archive (as distributed: trn.json.gz and tst.json.gz in a folder, next to label
+files) in `data/raw/` on Drive. Only what exists solely in a Colab runtime is faked: the
+`google.colab` package (tests/fakes/google/colab: `drive.mount` shows a temporary folder as "My
+Drive", `files.download` records its calls; see tests/fakes/README.md). Everything else is real:
+the kernel runs the numbered scripts with `!python`, which is this interpreter (its folder comes
+first on the kernel's PATH), on the embedded SmolLM2 model.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,12 +35,13 @@ DOWNLOADS_ENV = "PRODESC_FAKE_DOWNLOADS"
 CELL_TIMEOUT_S = 600
 
 TINY = (
-    "train.max_steps=2 train.batch_size=1 train.grad_accum=1 train.save_steps=1 train.eval_steps=0 "
-    "train.logging_steps=1 model.max_length=128 data.validation_size=0.03 "
-    "eval.rows=2 eval.batch_size=2 eval.max_new_tokens=8"
+    "data.source= train.max_steps=2 train.batch_size=1 train.grad_accum=1 train.save_steps=1 "
+    "train.logging_steps=1 eval.rows=2 eval.batch_size=2 eval.max_new_tokens=8"
 )
-"""The EXTRA field: 2 training steps of 1 row (a checkpoint after each), a small validation split,
-2 test rows, 8 new tokens."""
+"""The EXTRA field: the file in data/raw/ (the cpu preset reads the bundled sample), 2 training
+steps of 1 row (a checkpoint after each), 2 test rows, 8 new tokens; the rest is QUICK's."""
+RUN = "cpu-quick"
+DATA_ZIP = "LF-AmazonTitles-1.3M.zip"
 DOWNLOADED = ("side_by_side.csv", "improved_examples.csv", "worst_regressions.csv", "report.html")
 
 pytestmark = pytest.mark.skipif(
@@ -43,13 +49,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def set_fields(nb, values: dict[str, str]) -> None:
-    """Give the notebook's `NAME = "..."` settings new values, as a user fills in the form."""
+def set_fields(nb, values: dict[str, str | bool]) -> None:
+    """Give the notebook's `NAME = "..."` / `NAME = False` settings new values, as a user fills in
+    the form."""
     for name, value in values.items():
-        pattern = re.compile(rf'^{name} = "[^"\n]*"', re.M)
+        pattern = re.compile(rf'^{name} = ("[^"\n]*"|True|False)', re.M)
         hits = [c for c in nb.cells if c.cell_type == "code" and pattern.search(c.source)]
         assert len(hits) == 1, f"the notebook should set {name} in exactly one cell"
-        hits[0].source = pattern.sub(lambda _: f"{name} = {json.dumps(value)}", hits[0].source, count=1)
+        text = repr(value) if isinstance(value, bool) else json.dumps(value)
+        hits[0].source = pattern.sub(lambda _: f"{name} = {text}", hits[0].source, count=1)
 
 
 def cell_text(cell) -> str:
@@ -68,9 +76,10 @@ def run_notebook(vm: Path, drive: Path, downloads: Path):
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     set_fields(nb, {
-        "PRESET": "cpu", "EXTRA": TINY, "DRIVE_MOUNT": str(vm / "content" / "drive"),
+        "PRESET": "cpu", "QUICK": True, "EXTRA": TINY, "DRIVE_MOUNT": str(vm / "content" / "drive"),
         "TITLES": "Stainless Steel Garlic Press",
     })  # fmt: skip
+    (vm / "content").mkdir(parents=True, exist_ok=True)  # the runtime's empty working folder
     env = stage_env()
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAKES), os.environ.get("PYTHONPATH")]))
@@ -79,7 +88,7 @@ def run_notebook(vm: Path, drive: Path, downloads: Path):
     # slower (see test_merge.one_torch_thread)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO)}})
+                            resources={"metadata": {"path": str(vm / "content")}})
     try:
         client.execute(env=env)
     except CellExecutionError:
@@ -87,6 +96,20 @@ def run_notebook(vm: Path, drive: Path, downloads: Path):
         print("output of the failing cell:\n" + (cell_text(ran[-1])[-6000:] if ran else "(none)"))
         raise
     return nb
+
+
+def upload_code_and_data(folder: Path) -> None:
+    """What a user puts in the Drive folder before *Run all*: the code archive from
+    `make colab-bundle` (made from this checkout) and the dataset's zip in data/raw/."""
+    out = subprocess.run(["make", "-s", "colab-bundle"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (folder / "data" / "raw").mkdir(parents=True)
+    shutil.move(REPO / "prodesc-code.zip", folder / "prodesc-code.zip")
+    rows = (REPO / "src" / "prodesc" / "data" / "sample_trn.jsonl").read_bytes()
+    with zipfile.ZipFile(folder / "data" / "raw" / DATA_ZIP, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("LF-AmazonTitles-1.3M/trn.json.gz", gzip.compress(rows))
+        archive.writestr("LF-AmazonTitles-1.3M/tst.json.gz", gzip.compress(rows[: len(rows) // 3]))
+        archive.writestr("LF-AmazonTitles-1.3M/filter_labels_train.txt", "0 1\n")
 
 
 def stage_output(nb, script: str) -> str:
@@ -126,6 +149,7 @@ def first_run(tmp_path_factory):
         pytest.fail(f"not installed here: {install.listing(missing)}; run `python src/00_install.py` first")
     base = tmp_path_factory.mktemp("notebook")
     vm, drive, downloads = base / "vm1", base / "MyDrive", base / "downloads1.jsonl"
+    upload_code_and_data(drive / "prodesc")
     nb = run_notebook(vm, drive, downloads)
     return nb, vm, drive, downloads
 
@@ -134,7 +158,7 @@ def first_run(tmp_path_factory):
 def test_run_all_on_cpu_writes_to_drive_shows_results_and_offers_downloads(first_run):
     nb, vm, drive, downloads = first_run
     assert_every_cell_ran(nb)
-    run = drive / "prodesc" / "runs" / "cpu"
+    run = drive / "prodesc" / "runs" / RUN
     assert (vm / "content" / "drive" / "MyDrive").resolve() == drive.resolve()
     for name in (*DOWNLOADED, "metrics.json"):
         assert (run / "eval" / name).is_file(), name
@@ -144,6 +168,16 @@ def test_run_all_on_cpu_writes_to_drive_shows_results_and_offers_downloads(first
     assert summary["steps"] == 2
 
     assert "already installed" in stage_output(nb, "00_install.py")  # the probe, no pip
+    assert (vm / "content" / "prodesc" / "src" / "01_prepare.py").is_file()  # unpacked from Drive
+    assert "unpacking the code from" in cell_text(next(c for c in nb.cells if "Get the code" in c.source))
+    data = cell_text(next(c for c in nb.cells if c.source.startswith("# @title The data")))
+    assert DATA_ZIP in data and "trn.json.gz" in data, data[-2000:]
+    assert "s a step: this run ends its 2 steps" in stage_output(nb, "02_sft_qlora.py")
+    training = [o for o in outputs_of(nb, "Training") if o.output_type == "display_data"]
+    assert len(training) == 1 and "peak_rss_mb" in training[0].data["text/html"]
+    assert "TensorBoard: tensorboard --logdir" in "".join(o.get("text", "") for o in outputs_of(nb, "TensorBoard"))
+    report = [o for o in outputs_of(nb, "The report") if o.output_type == "display_data"]
+    assert len(report) == 1 and "<table" in report[0].data["text/html"]
     assert "training smollm2-135m-instruct" in stage_output(nb, "02_sft_qlora.py")
 
     calls = read_downloads(downloads)
@@ -153,9 +187,9 @@ def test_run_all_on_cpu_writes_to_drive_shows_results_and_offers_downloads(first
         assert call["bytes"] > 0
 
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    table = [o for o in outputs_of(nb, "Metrics") if o.output_type == "display_data"]
-    assert len(table) == 1
-    html = table[0].data["text/html"]
+    shown = [o for o in outputs_of(nb, "Metrics") if o.output_type == "display_data"]
+    assert len(shown) == 2 and "image/png" in shown[1].data  # the table, then metrics.png
+    html = shown[0].data["text/html"]
     assert "<table" in html and all(f"<th>{m}</th>" in html for m in metrics["models"])
     assert "rougeL" in html
     assert any("image/png" in o.get("data", {}) for o in outputs_of(nb, "Loss curve"))
@@ -170,13 +204,13 @@ def test_run_all_on_cpu_writes_to_drive_shows_results_and_offers_downloads(first
 def test_run_all_again_after_a_disconnect_resumes_instead_of_starting_over(first_run, tmp_path):
     _, vm, drive, _ = first_run
     shutil.rmtree(vm)  # a new runtime: the old VM's disk (and its mount point) is gone, Drive stays
-    run = drive / "prodesc" / "runs" / "cpu"
+    run = drive / "prodesc" / "runs" / RUN
     parts = ("adapter", "checkpoints", "merged_fp16", "eval/generations")
     kept = {part: snapshot(run / part) for part in parts}
     summary = (run / "train_summary.json").read_text()
     downloads = tmp_path / "downloads2.jsonl"
 
-    nb = run_notebook(tmp_path / "vm2", drive, downloads)
+    nb = run_notebook(tmp_path / "vm2", drive, downloads)  # the code comes from Drive again
 
     assert_every_cell_ran(nb)
     assert "already prepared" in stage_output(nb, "01_prepare.py")
