@@ -376,6 +376,8 @@ class Config:
     """Redo a stage whose output exists (the old output is replaced only once the new one is complete)."""
     resume: str = "auto"
     """Training: `auto` (newest complete checkpoint of the run), `no`, or a checkpoint folder."""
+    unlock: bool = False
+    """02/03: take the run's lock from a runtime you know is gone (never from a process running here)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
