@@ -376,6 +376,8 @@ class Config:
     """Redo a stage whose output exists (the old output is replaced only once the new one is complete)."""
     resume: str = "auto"
     """Training: `auto` (newest complete checkpoint of the run), `no`, or a checkpoint folder."""
+    unlock: bool = False
+    """02/03: take the run's lock from a runtime you know is gone (never from a process running here)."""
     quick: bool = False
     """A first run of a few minutes on any preset: `quick_steps` training steps on a small
     subsample of the data (`quick_rows` validation and test rows, quick_steps x the batch for

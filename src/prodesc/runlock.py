@@ -17,11 +17,23 @@ A lock left behind by a process that died (SIGKILL, a crashed VM) must not block
   zombie, and started at the recorded time (so a reused pid is not mistaken for the holder). A
   dead holder's lock is taken over with a warning.
 - **Another machine**: its pid cannot be checked. The holder refreshes the lock file's
-  modification time every :data:`HEARTBEAT_S` seconds (a daemon thread); a lock whose heartbeat
-  is older than :data:`STALE_AFTER_S` (10 minutes) is taken over with a warning. This is the
-  Colab case: after a disconnect the new runtime is a new VM with a new hostname, and the old one
-  is gone. A fresh lock from another machine is refused; the message says to delete the lock
-  file if no other runtime uses the run.
+  modification time every :data:`HEARTBEAT_S` (10) seconds (a daemon thread); a lock whose
+  heartbeat is older than :data:`STALE_AFTER_S` (60 s) is taken over with a warning. This is the
+  Colab case: after a reset the new runtime is a new VM (new hostname and boot id), the old one is
+  gone, and its lock must not hold up "Run all". A fresh lock from another machine -- a second
+  runtime on the same Drive folder -- is refused with one line: the holder, its heartbeat's age,
+  when it would be taken over, and ``unlock=true``.
+
+  Why 60 s: Drive syncs asynchronously, so a heartbeat written on one VM shows on another only
+  after a delay, which can be tens of seconds. 60 s is six missed heartbeats and leaves 50 s of
+  such delay before a live holder could look dead. A rerun on a fresh Colab VM mounts Drive,
+  clones and runs 00_install and 01 before 02, which usually takes longer than 60 s (not measured
+  here), so it usually starts at once. Exclusion between VMs is only as good as Drive's sync: a
+  lock file created on one VM is likewise invisible to another until synced, and the heartbeat
+  assumes Drive carries a file's mtime across (not testable here).
+- ``unlock=true`` (:attr:`prodesc.config.Config.unlock`) takes over a lock from another machine
+  or an unreadable one at once, with a warning naming the holder: for a user who knows that
+  runtime is gone. It never takes the lock from a live process on this machine.
 - A lock file with unreadable content (its writer died between creating and filling it) is stale
   once it is older than :data:`UNREADABLE_GRACE_S`.
 
@@ -48,11 +60,12 @@ from typing import Any, Iterator
 
 from prodesc.errors import UserError
 
-HEARTBEAT_S = 30.0
+HEARTBEAT_S = 10.0
 """How often the holder refreshes the lock file's modification time."""
 
-STALE_AFTER_S = 600.0
-"""A lock from another machine whose heartbeat is older than this is considered abandoned."""
+STALE_AFTER_S = 60.0
+"""A lock from another machine whose heartbeat is older than this is considered abandoned (six
+missed heartbeats: 50 s left for Drive to carry a heartbeat from one VM to another)."""
 
 UNREADABLE_GRACE_S = 30.0
 """A lock file whose content cannot be read is considered abandoned after this many seconds."""
@@ -165,6 +178,10 @@ def this_process(stage: str) -> LockInfo:
 # --------------------------------------------------------------------------- the lock
 
 
+def _what(holder: LockInfo) -> str:
+    return f"{holder.stage} (pid {holder.pid})" if holder.stage else f"pid {holder.pid}"
+
+
 def _log(message: str) -> None:
     from prodesc.cli import log
 
@@ -189,6 +206,7 @@ class RunLock:
         heartbeat_s: float = HEARTBEAT_S,
         stale_after_s: float = STALE_AFTER_S,
         unreadable_grace_s: float = UNREADABLE_GRACE_S,
+        unlock: bool = False,
     ) -> None:
         self.path = Path(path)
         self.run_name = run_name
@@ -196,6 +214,7 @@ class RunLock:
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
         self.unreadable_grace_s = unreadable_grace_s
+        self.unlock = unlock
         self.info: LockInfo | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -235,9 +254,10 @@ class RunLock:
     def _take_over_if_stale(self, raw: bytes) -> None:
         """Return after moving a stale lock aside; raise RunLockedError when the holder may be alive."""
         holder = LockInfo.parse(raw)
-        reason = self._stale_reason(holder)
+        age = self._heartbeat_age()
+        reason = self._stale_reason(holder, age)
         if reason is None:
-            raise RunLockedError(self._refusal(holder))
+            raise RunLockedError(self._refusal(holder, age))
         aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             os.rename(self.path, aside)
@@ -257,21 +277,26 @@ class RunLock:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         _log(message)
 
-    def _stale_reason(self, holder: LockInfo | None) -> str | None:
-        """Why the lock held by ``holder`` is abandoned, or None when its holder may be alive."""
-        age = self._heartbeat_age()
+    def _stale_reason(self, holder: LockInfo | None, age: float | None) -> str | None:
+        """Why the lock held by ``holder`` may be taken, or None when its holder may be alive."""
         if holder is None:
             if age is not None and age > self.unreadable_grace_s:
                 return f"its content is unreadable and it is {age:.0f} s old"
-            return None
+            return "unlock=true; its content is unreadable" if self.unlock else None
         if self._same_machine(holder):
             if not pid_alive(holder.pid, holder.proc_start):
                 return f"pid {holder.pid} ({holder.stage or 'a stage'}) on this machine is no longer running"
-            return None
+            return None  # unlock=true or not: never from a live process here
         if age is not None and age > self.stale_after_s:
             return (
                 f"its holder, pid {holder.pid} on host '{holder.host}', sent no heartbeat for "
                 f"{age:.0f} s (limit {self.stale_after_s:.0f} s)"
+            )
+        if self.unlock:
+            return (
+                f"unlock=true; its holder, {_what(holder)} on host '{holder.host}', sent its last "
+                f"heartbeat {age or 0.0:.0f} s ago: if that runtime is still running, stop it, as two "
+                "runtimes writing one run overwrite each other's checkpoints"
             )
         return None
 
@@ -287,25 +312,29 @@ class RunLock:
         except FileNotFoundError:
             return None
 
-    def _refusal(self, holder: LockInfo | None) -> str:
+    def _refusal(self, holder: LockInfo | None, age: float | None) -> str:
+        """One line: who holds the lock, since when, how old its heartbeat is, and what to do."""
         if holder is None:
             return (
                 f"run '{self.run_name}' is locked by {self.path}, which is being written or is "
-                f"unreadable: wait a few seconds and try again, or delete {self.path} if no stage is "
-                "running on this run"
+                f"unreadable: wait a few seconds and try again, or, if no stage is running on this "
+                "run, run again with unlock=true"
             )
-        what = f"{holder.stage} (pid {holder.pid})" if holder.stage else f"pid {holder.pid}"
+        what = _what(holder)
         if self._same_machine(holder):
+            refused = " (unlock=true does not take it from a process running here)" if self.unlock else ""
             return (
                 f"run '{self.run_name}' is in use: {what} on this machine holds {self.path} since "
-                f"{holder.started}; wait for it to finish or stop it (if it is not a prodesc stage, "
-                f"delete {self.path})"
+                f"{holder.started}{refused}; wait for it to finish or stop it (if it is not a prodesc "
+                f"stage, delete {self.path})"
             )
-        age = self._heartbeat_age() or 0.0
+        age = age or 0.0
+        left = max(0.0, self.stale_after_s - age)
         return (
-            f"run '{self.run_name}' is in use: {what} on host '{holder.host}' holds {self.path} "
-            f"(last heartbeat {age:.0f} s ago); wait for it to finish, or, if no other runtime is "
-            f"using this run, delete {self.path}"
+            f"run '{self.run_name}' is in use: {what} on host '{holder.host}' holds {self.path} since "
+            f"{holder.started}, last heartbeat {age:.0f} s ago; it is taken over automatically once "
+            f"the heartbeat is {self.stale_after_s:.0f} s old (in {left:.0f} s): "
+            "run again then, or now with unlock=true if no other runtime is using this run"
         )
 
     # ------------------------------------------------------------------ heartbeat
@@ -383,7 +412,7 @@ def locked(body: Any, stage: str) -> Any:
     """``body(cfg, paths)`` run while holding the run's lock: what 02 and 03 pass to run_stage."""
 
     def wrapper(cfg: Any, paths: Any, *args: Any) -> None:
-        with run_lock(paths, stage):
+        with run_lock(paths, stage, unlock=cfg.unlock):
             body(cfg, paths, *args)
 
     wrapper.__name__ = getattr(body, "__name__", "body")
