@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,4 +35,12 @@ def write(path: Path, rows: list[Any], layout: str = "jsonl", encoding: str = "u
     if path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)
     path.write_bytes(data)
+    return path
+
+
+def zipped(path: Path, members: dict[str, bytes], stored: bool = False) -> Path:
+    """A zip archive of ``members`` (name: bytes), deflated or ``stored``."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
     return path

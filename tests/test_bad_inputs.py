@@ -43,7 +43,7 @@ from conftest import (
     write_prepared,
     write_tiny_adapter,
 )
-from rawfiles import jsonl, rows_for, write
+from rawfiles import jsonl, rows_for, write, zipped
 
 FRACTIONS = ("data.train_size=0.8", "data.validation_size=0.1", "data.test_size=0.1")
 ROWS = 120
@@ -203,6 +203,17 @@ def truncated_gzip(c: Ctx) -> Path:
     return raw(c, "trn.json.gz", data=data[: len(data) // 2])
 
 
+def release_zip(c: Ctx, *members: str, cut: bool = False) -> Path:
+    """The dataset's zip as distributed: ``members`` in its folder, each gzipped rows_for(ROWS);
+    ``cut``: only its first half, as a download cut short."""
+    folder = "LF-AmazonTitles-1.3M"
+    data = gzip.compress(jsonl(rows_for(ROWS)).encode(), mtime=0)
+    path = zipped(c.inputs / f"{folder}.zip", {f"{folder}/{m}": data for m in members})
+    if cut:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
 def half_broken_lines() -> str:
     lines = jsonl(rows_for(ROWS)).splitlines(keepends=True)
     return "".join(line if i % 2 else '{"title": "cut off here\n' for i, line in enumerate(lines))
@@ -312,6 +323,22 @@ CASES = [
          fix=r"check it is JSON Lines.*or raise data\.max_malformed_fraction"),
     Case("truncated-gzip", "01_prepare.py", lambda c: prep(c, truncated_gzip(c)), 2,
          names=r"<in>/trn\.json\.gz is a truncated or corrupt gzip file", fix=r"download it again"),
+    Case("dataset-zip-is-read", "01_prepare.py",
+         lambda c: prep(c, release_zip(c, "tst.json.gz", "trn.json.gz"), name="new"), 0,
+         check=counted(USABLE)),
+    Case("zip-without-trn-json", "01_prepare.py",
+         lambda c: prep(c, release_zip(c, "tst.json.gz", "lbl.json.gz")), 2,
+         names=r"<in>/LF-AmazonTitles-1\.3M\.zip holds no trn\.json or trn\.json\.gz \(it holds "
+               r"LF-AmazonTitles-1\.3M/tst\.json\.gz, LF-AmazonTitles-1\.3M/lbl\.json\.gz\)",
+         fix=r"name the member to read with data\.member=<name>"),
+    Case("zip-with-two-trn-json", "01_prepare.py",
+         lambda c: prep(c, release_zip(c, "trn.json", "trn.json.gz")), 2,
+         names=r"<in>/LF-AmazonTitles-1\.3M\.zip holds 2 members named trn\.json: "
+               r"LF-AmazonTitles-1\.3M/trn\.json, LF-AmazonTitles-1\.3M/trn\.json\.gz",
+         fix=r"pick one with data\.member=<its full name>"),
+    Case("truncated-zip", "01_prepare.py", lambda c: prep(c, release_zip(c, "trn.json.gz", cut=True)), 2,
+         names=r"<in>/LF-AmazonTitles-1\.3M\.zip starts like a zip archive but cannot be opened",
+         fix=r"download it again"),
     Case("utf16-with-bom-is-read", "01_prepare.py",
          lambda c: prep_rows(c, rows_for(ROWS), encoding="utf-16", name="new"),
          0, check=counted(USABLE, encoding="utf-16")),

@@ -9,7 +9,8 @@ stderr and exit code 2 (a traceback only with ``--debug``). Nothing here imports
 
 A stage with arguments of its own passes ``extra_args`` (a function that adds them to the parser);
 its body is then called as ``body(cfg, paths, args)``, and positionals that are not ``key=value``
-are kept in ``args.words`` (the demo's titles) instead of being read as config overrides.
+are kept in ``args.words`` (the demo's titles) instead of being read as config overrides, unless
+it passes ``words=False``.
 """
 
 from __future__ import annotations
@@ -71,19 +72,22 @@ def run_stage(
     argv: list[str] | None,
     body: Callable[..., None],
     extra_args: ExtraArgs | None = None,
+    words: bool = True,
 ) -> int:
     """Parse ``argv``, build the config and paths, run ``body``; return the exit code.
 
-    With ``extra_args``, ``body(cfg, paths, args)`` gets the parsed arguments, the positionals that
-    are not ``key=value`` in ``args.words``.
+    With ``extra_args``, ``body(cfg, paths, args)`` gets the parsed arguments, and with ``words``
+    the positionals that are not ``key=value`` in ``args.words`` (without, such a positional is
+    the usual error about an override).
     """
     parser = build_parser(prog, doc, extra_args)
     args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)  # titles after options
     args.words = []
     if extra_args is None:
         return run_guarded(lambda: _run(args, body), args.debug)
-    args.words = [o for o in args.overrides if not OVERRIDE.match(o)]
-    args.overrides = [o for o in args.overrides if OVERRIDE.match(o)]
+    if words:
+        args.words = [o for o in args.overrides if not OVERRIDE.match(o)]
+        args.overrides = [o for o in args.overrides if OVERRIDE.match(o)]
     return run_guarded(lambda: _run(args, lambda cfg, paths: body(cfg, paths, args)), args.debug)
 
 

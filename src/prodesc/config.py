@@ -110,8 +110,18 @@ class LoraConfig:
 @dataclass
 class DataConfig:
     source: str = ""
-    """Raw file (trn.json, trn.json.gz, JSON Lines or a JSON array). Empty: the one such file in
-    <root>/data/raw/. `bundled`: the project's own sample. Relative paths are inside the root."""
+    """Raw file (trn.json, trn.json.gz, JSON Lines or a JSON array), or the dataset's zip as
+    downloaded (its trn.json is streamed out of it, nothing extracted). Empty: the one such file
+    in <root>/data/raw/. `bundled`: the project's own sample. Relative paths are inside the root."""
+    member: str = ""
+    """The member of the zip data.source to read, e.g. `LF-AmazonTitles-1.3M/trn.json.gz` (a bare
+    name matches in any folder, with or without .gz). Empty: trn.json or trn.json.gz."""
+    test_source: str = ""
+    """Take the test split from the dataset's own test file instead of from data.source: a file
+    (like data.source), or the name of a member of data.source's zip (`tst.json`). Its rows are
+    cleaned, filtered and deduplicated like the training file's; rows whose (title, content) pair is
+    also in the train or validation split are dropped (and counted); data.test_size caps the rest.
+    Empty: the test split is a seeded share of data.source."""
     name: str = ""
     """Folder name under <root>/data/prepared/. Empty: derived from the source, template and settings."""
     template: str = "chat"
@@ -164,6 +174,7 @@ class DataConfig:
             f"'{self.name}' is not a plain folder name: use letters, digits, '.', '_' or '-' "
             "(no '/', no '..', not starting with '.')",
         )
+        _check("\\" not in self.member, "data.member", "has a '\\': zip member names use '/' between folders")
         _check(self.min_title_chars >= 0, "data.min_title_chars", "must be >= 0")
         _check(self.min_content_chars >= 0, "data.min_content_chars", "must be >= 0")
         _check(self.max_content_chars >= 0, "data.max_content_chars", "must be >= 0 (0 = no limit)")
@@ -434,7 +445,9 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-LATER_SETTINGS: dict[str, dict[str, Any]] = {"data": {"example_words": 0, "examples": 1}}
+LATER_SETTINGS: dict[str, dict[str, Any]] = {
+    "data": {"example_words": 0, "examples": 1, "member": "", "test_source": ""}
+}
 """Settings (by section) added after artifacts named by :meth:`Config.fingerprint` existed, with
 the default that leaves them out of it."""
 

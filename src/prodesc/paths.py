@@ -10,7 +10,7 @@ The artifact root is chosen in this order (:func:`resolve_root`):
 
 Layout under the root (:class:`RunPaths`)::
 
-    data/raw/                      trn.json or trn.json.gz you put there
+    data/raw/                      trn.json, trn.json.gz or the dataset's zip you put there
     data/prepared/<name>/          01: DatasetDict (train/validation/test) + manifest.json
     models/<name>/                 converted base models (the embedded SmolLM2)
     runs/<run>/config.yaml         the resolved config of the run
@@ -43,7 +43,7 @@ COLAB_ENV_MARKERS = ("COLAB_RELEASE_TAG", "COLAB_GPU", "COLAB_BACKEND_VERSION")
 COLAB_DRIVE_MOUNT = Path("/content/drive")
 COLAB_ROOT_IN_DRIVE = Path("MyDrive") / "prodesc"
 LOCAL_ROOT = Path("artifacts")
-RAW_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+RAW_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".zip")
 
 
 def in_colab(environ: os._Environ | dict[str, str] | None = None) -> bool:
@@ -173,11 +173,11 @@ class RunPaths:
             )
         return resolved
 
-    def raw_source(self, source: str) -> Path:
-        """The raw data file: ``data.source`` if set (a bare file name is also looked up in
-        data/raw/), else the one raw file in data/raw/."""
+    def raw_source(self, source: str, what: str = "data.source") -> Path:
+        """The raw data file: ``source`` (the setting ``what``) if set (a bare file name is also
+        looked up in data/raw/), else the one raw file in data/raw/ (a zip counts as one)."""
         if source:
-            path = self.inside_root(source, "data.source")
+            path = self.inside_root(source, what)
             in_raw = self.raw_dir / source
             if not path.exists() and Path(source).name == source and in_raw.exists():
                 return in_raw
@@ -187,7 +187,7 @@ class RunPaths:
         )
         if not found:
             raise UserError(
-                f"no raw data in {self.raw_dir}: copy trn.json.gz there, or set "
+                f"no raw data in {self.raw_dir}: copy trn.json.gz or the dataset's zip there, or set "
                 "data.source=/path/to/trn.json.gz (or data.source=bundled for the sample)"
             )
         if len(found) > 1:
@@ -204,7 +204,7 @@ def prepared_name(cfg: Config) -> str:
         return cfg.data.name
     source = cfg.data.source or "raw"
     stem = Path(source).name
-    for suffix in (".gz", ".jsonl", ".json", ".yaml", ".yml"):
+    for suffix in (".gz", ".zip", ".jsonl", ".json", ".yaml", ".yml"):
         stem = stem.removesuffix(suffix)
     template = Path(cfg.data.template).stem
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{stem}-{template}")

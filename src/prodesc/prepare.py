@@ -1,9 +1,11 @@
-"""python src/01_prepare.py [--preset NAME] [--root DIR] [key=value ...]
+"""python src/01_prepare.py [--preset NAME] [--root DIR] [--inspect] [key=value ...]
 
 Clean, deduplicate and split AmazonTitles trn.json into a prepared dataset:
-<root>/data/prepared/<name>/{dataset/, manifest.json}.
+<root>/data/prepared/<name>/{dataset/, manifest.json}. --inspect only shows the file(s) it would
+read: path, zip member, size and rows (counted), and prepares nothing.
 
-One streaming pass reads the raw file (JSON Lines or a JSON array, plain or .gz), cleans each
+One streaming pass reads the raw file (JSON Lines or a JSON array, plain or .gz, or trn.json /
+trn.json.gz streamed out of the dataset's zip, data.member naming another member), cleans each
 row (HTML entities unescaped, tags stripped, whitespace collapsed), drops unusable rows (each
 reason counted), removes exact duplicates and spills the kept rows to temporary files. UTF-8
 JSON Lines such as trn.json are parsed by pyarrow in blocks of lines, on every core for a big
@@ -22,12 +24,18 @@ With data.example_words, every row also gets its examples: the data.examples tra
 titles share the most words with its own (never itself), stored as the lists example_title and
 example_content and shown in its prompt (prodesc.retrieval). The result appears under its final
 name only when complete; re-running with the same settings skips the work (overwrite=true redoes it).
+With data.test_source (tst.json: a file, or a member of data.source's zip) the test split comes from
+the dataset's own test file instead, cleaned, filtered and deduplicated the same way, less the rows
+whose (title, content) pair is also in the train or validation split, at most data.test_size of
+them; the train and validation splits then share trn.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
+import itertools
 import json
 import os
 import random
@@ -50,11 +58,13 @@ from prodesc.rawdata import (
     Boilerplate,
     FastPathUnavailable,
     RawReader,
+    SourceInfo,
     boilerplate_for,
     clean_arrow,
     clean_text,
     cut_boilerplate,
     cut_boilerplate_arrow,
+    is_zip,
     read_block,
     respace_glue,
     row_fields,
@@ -96,26 +106,67 @@ class PassStats:
         return sum(self.dropped[r] for r in MALFORMED)
 
 
+TEST_MEMBER = "tst.json"
+"""The member read from a zip given as data.test_source (as tst.json or tst.json.gz)."""
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """A raw file 01 reads: its path, the zip member ('' = the reader's default, or not a zip),
+    and the setting that chose the member (named in errors)."""
+
+    path: Path
+    member: str = ""
+    setting: str = "data.member"
+
+    def open(self) -> RawReader:
+        return RawReader(self.path, self.member, self.setting)
+
+
 def source_path(cfg: Config, paths: RunPaths) -> Path:
     if cfg.data.source == "bundled":
         return BUNDLED_SAMPLE
     return paths.raw_source(cfg.data.source)
 
 
-def fingerprint(cfg: Config, source: Path, template: PromptTemplate) -> str:
-    """Identity of a prepared dataset: settings, seed, template and the source file's size."""
-    blob = json.dumps(
-        {
-            "data": {k: v for k, v in cfg.identity("data").items() if k != "name"},
-            "seed": cfg.seed,
-            "template": template.to_dict(),
-            "source": str(source),
-            "source_bytes": source.stat().st_size,
-            "format_version": FORMAT_VERSION,
-        },
-        sort_keys=True,
+def raw_files(cfg: Config, paths: RunPaths) -> tuple[RawFile, RawFile | None]:
+    """data.source (with data.member), and data.test_source or None: a file where one of that
+    name exists (a bare name is also looked up in data/raw/; a zip: its tst.json), else a member
+    of data.source's zip."""
+    source = source_path(cfg, paths)
+    train = RawFile(source, cfg.data.member)
+    name = cfg.data.test_source
+    if not name:
+        return train, None
+    path = paths.raw_source(name, "data.test_source")
+    if path.exists():
+        return train, RawFile(path, TEST_MEMBER if is_zip(path) else "", "data.test_source")
+    if is_zip(source):
+        return train, RawFile(source, name, "data.test_source")
+    raise DataError(
+        f"data.test_source: {path} not found, and data.source ({source}) is not a zip archive to "
+        f"take a member '{name}' from: give the path of the test file (tst.json or tst.json.gz)"
     )
-    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def fingerprint(
+    cfg: Config, template: PromptTemplate, source: SourceInfo, test: SourceInfo | None = None
+) -> str:
+    """Identity of a prepared dataset: settings, seed, template, and the raw files' paths and sizes
+    (the zip member's name, and the test file's, only where there is one)."""
+    blob: dict[str, Any] = {
+        "data": {k: v for k, v in cfg.identity("data").items() if k != "name"},
+        "seed": cfg.seed,
+        "template": template.to_dict(),
+        "source": str(source.path),
+        "source_bytes": source.bytes,
+        "format_version": FORMAT_VERSION,
+    }
+    if source.member:
+        blob["member"] = source.member
+    if test is not None:
+        blob["test_source"] = {"path": str(test.path), "bytes": test.bytes, "member": test.member}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -250,7 +301,9 @@ Pass1 = tuple[array, list[Path]]
 """Pass 1's result: the kept rows' sampling keys in file order, and the spill files."""
 
 
-def stream_rows(cfg: Config, reader: RawReader, spill: Path, stats: PassStats, fast: bool = True) -> Pass1:
+def stream_rows(
+    cfg: Config, reader: RawReader, spill: Path, stats: PassStats, fast: bool = True, desc: str = "01 prepare"
+) -> Pass1:
     """Read, clean, filter and dedupe every row. Returns the sampling keys of the kept rows in
     file order, and the spill files (in order, under the folder ``spill``) that hold those rows
     with their keys (plus, from the fast reader, duplicates, which pass 2 skips). Duplicates are
@@ -265,8 +318,7 @@ def stream_rows(cfg: Config, reader: RawReader, spill: Path, stats: PassStats, f
 
     spill.mkdir()
     bar = tqdm(
-        total=reader.info.bytes, unit="B", unit_scale=True, desc="01 prepare", mininterval=1.0,
-        disable=None,
+        total=reader.info.data_bytes, unit="B", unit_scale=True, desc=desc, mininterval=1.0, disable=None
     )
     try:
         if fast:
@@ -313,7 +365,7 @@ def _stream_lines(cfg: Config, reader: RawReader, spill: Path, stats: PassStats,
             keys.append(key)
             out.add(uid, title, content, key)
             stats.kept += 1
-    bar.update(reader.info.bytes - bar.n)
+    bar.update(reader.info.data_bytes - bar.n)
     return keys, [path]
 
 
@@ -325,7 +377,7 @@ def _stream_blocks(cfg: Config, reader: RawReader, spill: Path, stats: PassStats
     settings = BlockSettings(
         cfg.seed, data.min_title_chars, data.min_content_chars, data.max_content_chars, boilerplate_for(data)
     )
-    workers = block_workers(reader.info.bytes)
+    workers = block_workers(reader.info.data_bytes)
     seen: set[int] = set()
     keys = array("Q")
     parts: list[Path] = []
@@ -361,7 +413,7 @@ def _stream_blocks(cfg: Config, reader: RawReader, spill: Path, stats: PassStats
                 take(pending.popleft().result())
     except BrokenProcessPool as err:  # a worker was killed (out of memory?): one process is safer
         raise FastPathUnavailable(f"a worker process stopped: {err}") from None
-    bar.update(reader.info.bytes - bar.n)
+    bar.update(reader.info.data_bytes - bar.n)
     return keys, parts
 
 
@@ -532,7 +584,7 @@ def _check_malformed(cfg: Config, reader: RawReader, stats: PassStats, final: bo
             else "check it is JSON Lines (one object per line) or a JSON array"
         )
         raise DataError(
-            f"{reader.path}: {stats.malformed} of {stats.rows_read} rows unreadable ({kinds}; first at "
+            f"{reader.where}: {stats.malformed} of {stats.rows_read} rows unreadable ({kinds}; first at "
             f"{stats.first_error}): {hint}, or raise data.max_malformed_fraction (now "
             f"{cfg.data.max_malformed_fraction})"
         )
@@ -541,16 +593,20 @@ def _check_malformed(cfg: Config, reader: RawReader, stats: PassStats, final: bo
 # --------------------------------------------------------------------------- pass 2: split
 
 
-def split_counts(cfg: Config, available: int) -> dict[str, int]:
-    """Rows per split from counts (>= 1) or fractions (< 1) of the rows available."""
+def split_counts(cfg: Config, available: int, test_apart: bool = False) -> dict[str, int]:
+    """Rows per split from counts (>= 1) or fractions (< 1) of the rows available. With
+    ``test_apart`` (data.test_source) the test split comes from elsewhere (:func:`test_count`):
+    0 here, and "the rest" for train includes the test split's share."""
     data = cfg.data
     sizes = {split: getattr(data, f"{split}_size") for split in SPLITS}
     counts = {split: int(size * available) if size < 1 else int(size) for split, size in sizes.items()}
+    if test_apart:
+        counts["test"] = 0
     all_fractions = all(0 < size < 1 for size in sizes.values())
     if data.train_size == 0 or (all_fractions and abs(sum(sizes.values()) - 1) < 1e-9):
         counts["train"] = available - counts["validation"] - counts["test"]  # the rest
     total = sum(counts.values())
-    if total > available or counts["train"] <= 0 or counts["test"] <= 0:
+    if total > available or counts["train"] <= 0 or (counts["test"] <= 0 and not test_apart):
         raise DataError(
             f"the splits ask for {counts['train']} train + {counts['validation']} validation + "
             f"{counts['test']} test rows but only {available} usable rows remain: lower "
@@ -558,6 +614,22 @@ def split_counts(cfg: Config, available: int) -> dict[str, int]:
             "(e.g. data.train_size=0.8 data.validation_size=0.1 data.test_size=0.1)"
         )
     return counts
+
+
+def test_count(cfg: Config, usable: int, where: str) -> int:
+    """data.test_source: test rows to take of the test file's ``usable`` ones (those not also in
+    the train or validation split): data.test_size of them, a count capping them (all of them
+    where fewer) or a fraction."""
+    size = cfg.data.test_size
+    count = int(size * usable) if size < 1 else min(int(size), usable)
+    if count <= 0:
+        raise DataError(
+            f"data.test_size={size:g} of the {usable} usable rows of {where} that are not in the train or "
+            "validation split gives no test rows: raise data.test_size, or check data.test_source"
+        )
+    if size >= 1 and size > usable:
+        log(f"data.test_size={size:g} but {where} has only {usable} usable test rows: using all")
+    return count
 
 
 def assign_splits(keys: array, counts: dict[str, int]) -> tuple[Any, Any]:
@@ -700,13 +772,51 @@ def dataset_features(template: PromptTemplate, with_examples: bool = False):
 # --------------------------------------------------------------------------- the stage
 
 
+@dataclass
+class SourcePass:
+    """Pass 1 over one raw file: what it was, what was read, and the kept rows (:data:`Pass1`)."""
+
+    info: SourceInfo
+    where: str
+    stats: PassStats
+    keys: array
+    parts: list[Path]
+
+
+def read_source(cfg: Config, raw: RawFile, spill: Path, fast: bool, desc: str = "01 prepare") -> SourcePass:
+    """Pass 1 over ``raw``; a DataError when too many rows are unreadable or none is usable."""
+    stats = PassStats()
+    with raw.open() as reader:
+        keys, parts = stream_rows(cfg, reader, spill, stats, fast=fast, desc=desc)
+        _check_malformed(cfg, reader, stats, final=True)
+        if stats.kept == 0:
+            raise DataError(_nothing_left(reader.where, stats))
+        return SourcePass(reader.info, reader.where, stats, keys, parts)
+
+
+def _named(info: SourceInfo) -> str:
+    return f"{info.path} ({info.member})" if info.member else str(info.path)
+
+
+def _source_entry(info: SourceInfo) -> dict[str, Any]:
+    return {"path": str(info.path), "member": info.member, "bytes": info.bytes,
+            "compression": info.compression, "encoding": info.encoding, "layout": info.layout}
+
+
 def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any]:
     """Build (or reuse) the prepared dataset for ``cfg``; return its manifest. ``fast=False``
     reads line by line even where pyarrow could (the reference the fast reader is tested on)."""
-    source = source_path(cfg, paths)
+    import numpy as np
+
+    train_file, test_file = raw_files(cfg, paths)
     template = template_for(cfg, paths)
-    RawReader(source).close()  # fails fast, before any work, on a missing/empty/folder path
-    ident = fingerprint(cfg, source, template)
+    with train_file.open() as reader:  # fails fast, before any work, on a missing/empty/folder path
+        source_info = reader.info
+    test_info = None
+    if test_file is not None:
+        with test_file.open() as reader:
+            test_info = reader.info
+    ident = fingerprint(cfg, template, source_info, test_info)
     existing = read_manifest(paths.prepared_manifest)
     if existing and not cfg.overwrite:
         if existing.get("fingerprint") == ident:
@@ -723,24 +833,36 @@ def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any
             "pass overwrite=true to rebuild it, or set data.name=<new name>"
         )
     start = time.monotonic()
-    log(f"reading {source}")
     with atomic.build_dir(paths.prepared, overwrite=True) as tmp:
         scratch = tmp / "scratch"
         scratch.mkdir()
-        stats = PassStats()
         # `datasets` (~1.5 s to import) is needed only at the end: import it while pass 1 runs
         threading.Thread(target=_preload, args=("datasets",), daemon=True).start()
-        with RawReader(source) as reader:
-            keys, parts = stream_rows(cfg, reader, scratch / "spill", stats, fast=fast)
-            info = reader.info
-        _check_malformed(cfg, reader, stats, final=True)
-        if stats.kept == 0:
-            raise DataError(_nothing_left(source, stats))
+        log(f"reading {_named(source_info)}")
+        train = read_source(cfg, train_file, scratch / "spill", fast)
+        test = None
+        if test_file is not None and test_info is not None:
+            log(f"reading the test split from {_named(test_info)}")
+            test = read_source(cfg, test_file, scratch / "test-spill", fast, desc="01 test file")
+        stats = train.stats
         available = min(cfg.data.subsample, stats.kept) if cfg.data.subsample else stats.kept
         if cfg.data.subsample > stats.kept:
             log(f"data.subsample={cfg.data.subsample} but only {stats.kept} usable rows: using all")
-        counts = split_counts(cfg, available)
-        selected, bounds = assign_splits(keys, counts)
+        counts = split_counts(cfg, available, test_apart=test is not None)
+        selected, bounds = assign_splits(train.keys, counts)
+        selections = [(train.parts, selected, bounds)]
+        taken = sum(counts.values())
+        if test is not None:  # its rows whose pair is in the train or validation split are dropped
+            test_keys = np.frombuffer(test.keys, dtype=np.uint64)
+            in_train = np.isin(test_keys, selected)
+            test_keys = test_keys[~in_train]
+            counts["test"] = test_count(cfg, len(test_keys), test.where)
+            only_test = {"test": counts["test"], "validation": 0, "train": 0}
+            selections.append((test.parts, *assign_splits(test_keys, only_test)))
+
+        def rows() -> Iterator[tuple[str, str, str, str]]:
+            return itertools.chain.from_iterable(split_rows(*chosen, cfg.data.dedup) for chosen in selections)
+
         examples = None
         if template.example_words:
             if counts["train"] > MAX_TRAIN_ROWS:
@@ -748,28 +870,18 @@ def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any
                     f"data.example_words compares every title with all {counts['train']:,} training titles: "
                     f"set data.train_size to at most {MAX_TRAIN_ROWS:,}, or data.example_words=0"
                 )
-            examples = find_examples(
-                split_rows(parts, selected, bounds, cfg.data.dedup), template.example_words, template.examples
-            )
-        written = write_dataset(
-            split_rows(parts, selected, bounds, cfg.data.dedup), template, tmp / "dataset", scratch, examples
-        )
+            examples = find_examples(rows(), template.example_words, template.examples)
+        written = write_dataset(rows(), template, tmp / "dataset", scratch, examples)
         assert written == counts, (written, counts)  # every selected key maps to one row
         manifest = {
             "complete": True,
             "format_version": FORMAT_VERSION,
             "fingerprint": ident,
-            "source": {
-                "path": str(source),
-                "bytes": info.bytes,
-                "compression": info.compression,
-                "encoding": info.encoding,
-                "layout": info.layout,
-            },
+            "source": _source_entry(train.info),
             "rows_read": stats.rows_read,
             "dropped": stats.dropped,
             "kept": stats.kept,
-            "not_selected": stats.kept - sum(counts.values()),
+            "not_selected": stats.kept - taken,
             "splits": counts,
             "template": template.to_dict(),
             "config": {"data": cfg.to_dict()["data"], "seed": cfg.seed},
@@ -778,6 +890,16 @@ def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "prodesc_version": __version__,
         }
+        if test is not None:
+            manifest["test_source"] = {
+                **_source_entry(test.info),
+                "rows_read": test.stats.rows_read,
+                "dropped": test.stats.dropped,
+                "kept": test.stats.kept,
+                "in_train_or_validation": int(in_train.sum()),
+                "not_selected": len(test_keys) - counts["test"],
+                "first_malformed": test.stats.first_error,
+            }
         shutil.rmtree(scratch, ignore_errors=True)
         atomic.write_json(tmp / "manifest.json", manifest)
     return manifest
@@ -791,7 +913,7 @@ def _preload(module: str) -> None:
         pass
 
 
-def _nothing_left(source: Path, stats: PassStats) -> str:
+def _nothing_left(source: str, stats: PassStats) -> str:
     if not stats.rows_read:
         return f"{source} holds no rows (only blank lines, or an empty JSON array): check the download"
     top = sorted(((n, r) for r, n in stats.dropped.items() if n), reverse=True)[:3]
@@ -807,12 +929,20 @@ def _nothing_left(source: Path, stats: PassStats) -> str:
 
 def format_manifest(manifest: dict[str, Any]) -> str:
     """The manifest as the table printed at the end of the stage."""
+    test = manifest.get("test_source")
     rows = [("rows read", manifest["rows_read"])]
     rows += [(f"  dropped: {r}", n) for r, n in manifest["dropped"].items() if n]
     rows += [("kept", manifest["kept"]), ("  not selected", manifest["not_selected"])]
-    rows += [(f"  {s}", n) for s, n in manifest["splits"].items()]
+    rows += [(f"  {s}", n) for s, n in manifest["splits"].items() if not (test and s == "test")]
+    if test:
+        rows += [("test file rows read", test["rows_read"])]
+        rows += [(f"  dropped: {r}", n) for r, n in test["dropped"].items() if n]
+        rows += [("kept", test["kept"]), ("  in train/validation", test["in_train_or_validation"]),
+                 ("  not selected", test["not_selected"]), ("  test", manifest["splits"]["test"])]
     width = max(len(label) for label, _ in rows)
     lines = [f"{label:<{width}}  {value:>10,}" for label, value in rows]
+    if test:
+        lines.append(f"test file: {test['member'] + ' in ' if test['member'] else ''}{test['path']}")
     words = manifest["template"].get("example_words")
     count = manifest["template"].get("examples", 1)
     example = ""
@@ -822,11 +952,51 @@ def format_manifest(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _body(cfg: Config, paths: RunPaths) -> None:
+def inspect_data(cfg: Config, paths: RunPaths) -> str:
+    """--inspect: each raw file 01 would read (data.source, and data.test_source when set), its
+    zip member, size and rows, counted with a progress bar (:meth:`RawReader.count_rows`);
+    nothing is prepared."""
+    from tqdm.auto import tqdm
+
+    train_file, test_file = raw_files(cfg, paths)
+    out = []
+    for label, raw in (("data file", train_file), ("test file", test_file)):
+        if raw is None:
+            continue
+        with raw.open() as reader:
+            info = reader.info
+            with tqdm(total=info.data_bytes, unit="B", unit_scale=True, desc="01 count rows", mininterval=1.0,
+                      disable=None) as bar:
+                rows = reader.count_rows(lambda done: bar.update(done - bar.n))
+        kind = {"none": "", "gzip": "gzip, "}.get(info.compression, "zip archive, ")
+        out.append(f"{label}: {info.path} ({kind}{_size(info.bytes)})")
+        if info.member:
+            inner = "gzip, " if info.compression == "zip+gzip" else ""
+            out.append(f"  member: {info.member} ({inner}{_size(info.data_bytes)} in the zip)")
+        out.append(f"  rows: {rows:,}")
+    return "\n".join(out)
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes, {n / 2**20:,.1f} MiB"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--inspect", action="store_true",
+        help="print the file(s) this stage would read (zip member, size, rows counted) and exit, "
+        "preparing nothing",
+    )
+
+
+def _body(cfg: Config, paths: RunPaths, args: argparse.Namespace) -> None:
+    if args.inspect:
+        print(inspect_data(cfg, paths))
+        return
     manifest = prepare(cfg, paths)
     print(format_manifest(manifest))
     print(f"prepared: {paths.prepared}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("01_prepare.py", __doc__, argv, _body)
+    return run_stage("01_prepare.py", __doc__, argv, _body, extra_args=add_arguments, words=False)

@@ -1,8 +1,10 @@
 """Streaming reader and cleaner for AmazonTitles-1.3MM ``trn.json`` and files like it.
 
-Reads JSON Lines or one JSON array, plain or gzip-compressed (detected from the bytes, not the
-name), UTF-8 with or without a BOM, or UTF-16 with a BOM. Memory does not depend on the file's
-size: lines are parsed one at a time, an array element by element.
+Reads JSON Lines or one JSON array, plain or gzip-compressed, or a member of a zip archive
+(``trn.json`` or ``trn.json.gz`` in any of its folders, or the one named; gzip and zip are detected
+from the bytes, not the name), UTF-8 with or without a BOM, or UTF-16 with a BOM. A zip member is
+streamed out of the archive, never extracted. Memory does not depend on the file's size: lines
+are parsed one at a time, an array element by element.
 
 Each record comes out as a :class:`Record`: either a parsed row or the reason it could not be
 read (``malformed_json``, ``not_utf8``, ``not_an_object``), so a few bad lines are counted, not
@@ -29,6 +31,7 @@ import io
 import itertools
 import json
 import re
+import zipfile
 import zlib
 from array import array
 from dataclasses import dataclass
@@ -41,6 +44,14 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 GZIP_MAGIC = b"\x1f\x8b"
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+"""How a zip archive starts: a member's local header, or (an empty archive) the end record."""
+DEFAULT_MEMBER = "trn.json"
+"""The zip member read when none is named: this name or with .gz, in any folder of the archive."""
+LISTED_MEMBERS = 6
+"""Member names an error about a zip lists."""
+DAMAGED = (EOFError, gzip.BadGzipFile, zlib.error, zipfile.BadZipFile)
+"""What reading a truncated or corrupt gzip file or zip member raises."""
 READ_CHUNK = 1 << 20
 
 
@@ -60,44 +71,144 @@ class Record:
 class SourceInfo:
     path: Path
     bytes: int
+    """The file's size."""
     compression: str = "none"
+    """'none', 'gzip', 'zip' (a plain member of a zip) or 'zip+gzip' (a .gz member)."""
     encoding: str = "utf-8"
     layout: str = "jsonl"
+    member: str = ""
+    """The zip member read ('' for a file that is not a zip)."""
+    data_bytes: int = 0
+    """Bytes the rows are stored in, what ``position()`` counts up to: the file's size, or the
+    zip member's compressed size."""
+
+
+def is_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip archive (by its first bytes; False for what cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4).startswith(ZIP_MAGIC)
+    except OSError:
+        return False
 
 
 class RawReader:
-    """Iterate over the records of one raw file; ``position()`` gives raw bytes consumed so far."""
+    """Iterate over the records of one raw file; ``position()`` gives raw bytes consumed so far.
 
-    def __init__(self, path: Path):
+    For a zip archive, ``member`` names the member to read (a name matches in any folder, with or
+    without .gz; empty: :data:`DEFAULT_MEMBER`); ``setting`` is the config key that chose it, for
+    the error that lists the members when none or several match."""
+
+    def __init__(self, path: Path, member: str = "", setting: str = "data.member"):
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(f"data file {self.path} not found: check data.source or put the file in data/raw/")
         if self.path.is_dir():
             raise DataError(f"data file {self.path} is a folder: give the path of trn.json or trn.json.gz itself")
         try:
-            self._raw: BinaryIO = open(self.path, "rb")
+            self._raw: BinaryIO = open(self.path, "rb", buffering=READ_CHUNK)
         except PermissionError:
             raise DataError(f"cannot read {self.path}: permission denied (fix the file's permissions)") from None
         size = self.path.stat().st_size
         if size == 0:
             self._raw.close()
             raise DataError(f"data file {self.path} is empty: check the download")
-        self.info = SourceInfo(path=self.path, bytes=size)
-        magic = self._raw.read(2)
-        self._raw.seek(0)
-        stream: BinaryIO = self._raw
-        if magic == GZIP_MAGIC:
-            self.info.compression = "gzip"
-            stream = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
+        self.info = SourceInfo(path=self.path, bytes=size, data_bytes=size)
+        self._entry: zipfile.ZipInfo | None = None
+        self._start = 0
+        """Where the rows' bytes start in the file (a zip member's header)."""
+        try:
+            stream: BinaryIO = self._raw
+            if self._raw.peek(4)[:4].startswith(ZIP_MAGIC):  # type: ignore[attr-defined]
+                self._entry = self._pick_member(member, setting)
+                self.info.member = self._entry.filename
+                self.info.data_bytes = self._entry.compress_size
+                self._start = self._entry.header_offset
+                stream = self._open_member(self._raw)
+            elif member:
+                raise DataError(
+                    f"{setting}={member} names a member of a zip archive, but {self.path} is not one: "
+                    f"leave {setting} empty"
+                )
+            self._gzipped = stream.peek(2)[:2] == GZIP_MAGIC  # type: ignore[attr-defined]
+        except BaseException:
+            self._raw.close()
+            raise
+        zipped = self._entry is not None
+        self.info.compression = {(False, False): "none", (False, True): "gzip", (True, False): "zip",
+                                 (True, True): "zip+gzip"}[zipped, self._gzipped]
+        if self._gzipped:
+            stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
         self._stream = io.BufferedReader(stream, buffer_size=READ_CHUNK)  # type: ignore[arg-type]
         self._fast_raw: BinaryIO | None = None
 
-    def position(self) -> int:
-        """Bytes of the file on disk read so far (compressed bytes for .gz), for progress bars."""
+    @property
+    def where(self) -> str:
+        """The file, or the member and its zip, as error messages name it."""
+        return f"{self.info.member} in {self.path}" if self.info.member else str(self.path)
+
+    def _pick_member(self, member: str, setting: str) -> zipfile.ZipInfo:
         try:
-            return (self._fast_raw or self._raw).tell()
+            files = [entry for entry in zipfile.ZipFile(self._raw).infolist() if not entry.is_dir()]
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise DataError(
+                f"{self.path} starts like a zip archive but cannot be opened ({_first_line(err)}): "
+                "the download is incomplete or damaged, download it again"
+            ) from None
+        want = member or DEFAULT_MEMBER
+        names = (want, want + ".gz")
+        in_folder = tuple("/" + n for n in names)
+        found = [e for e in files if e.filename in names or e.filename.endswith(in_folder)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            listed = ", ".join(e.filename for e in found)
+            raise DataError(
+                f"{self.path} holds {len(found)} members named {want}: {listed}: "
+                f"pick one with {setting}=<its full name>"
+            )
+        listed = ", ".join(e.filename for e in files[:LISTED_MEMBERS]) or "nothing"
+        if len(files) > LISTED_MEMBERS:
+            listed += f", ... ({len(files)} files)"
+        raise DataError(
+            f"{self.path} holds no {want} or {want}.gz (it holds {listed}): "
+            f"name the member to read with {setting}=<name>"
+        )
+
+    def _open_member(self, raw: BinaryIO) -> BinaryIO:
+        """The bytes of the chosen member, read from ``raw`` (a handle on the zip)."""
+        assert self._entry is not None
+        name = self._entry.filename
+        try:
+            return zipfile.ZipFile(raw).open(self._entry)  # type: ignore[return-value]
+        except NotImplementedError as err:  # e.g. Deflate64 (a RuntimeError too: caught first)
+            raise DataError(
+                f"{self.where} is compressed in a way Python's zipfile cannot read ({err}): unzip "
+                f"{name} yourself and give its path instead of the zip's"
+            ) from None
+        except RuntimeError as err:  # zipfile's word for "encrypted, password required"
+            raise DataError(
+                f"{self.where} cannot be read ({err}): unzip {name} yourself and give its path "
+                "instead of the zip's"
+            ) from None
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise DataError(f"{self.where} is damaged ({_first_line(err)}): download the zip again") from None
+
+    def _open_rows(self, raw: BinaryIO) -> BinaryIO:
+        """The rows' bytes read from ``raw``, a new handle on the file: from the zip member, gunzipped."""
+        stream = raw if self._entry is None else self._open_member(raw)
+        if self._gzipped:
+            return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        return stream
+
+    def position(self) -> int:
+        """Bytes of ``info.data_bytes`` read so far (compressed bytes for .gz and zip members),
+        for progress bars."""
+        try:
+            done = (self._fast_raw or self._raw).tell() - self._start
         except (OSError, ValueError):
             return 0
+        return min(max(done, 0), self.info.data_bytes)
 
     def close(self) -> None:
         self._stream.close()
@@ -112,9 +223,10 @@ class RawReader:
     def __iter__(self) -> Iterator[Record]:
         try:
             yield from self._records()
-        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        except DAMAGED as err:
+            what = "gzip file" if self.info.compression == "gzip" else "member of a zip archive"
             raise DataError(
-                f"{self.path} is a truncated or corrupt gzip file ({err}): download it again"
+                f"{self.where} is a truncated or corrupt {what} ({err}): download it again"
             ) from None
 
     def _records(self) -> Iterator[Record]:
@@ -126,7 +238,7 @@ class RawReader:
             if chunk.lstrip().startswith("["):
                 self.info.layout = "json-array"
                 pending = [chunk]
-                yield from _array_records(lambda n: pending.pop() if pending else text.read(n), self.path)
+                yield from _array_records(lambda n: pending.pop() if pending else text.read(n), self.where)
             else:
                 first_lines = io.StringIO(chunk + text.readline(), newline="")
                 yield from _jsonl_lines(itertools.chain(first_lines, text))
@@ -137,23 +249,23 @@ class RawReader:
         if self._stream.peek(READ_CHUNK).lstrip().startswith(b"["):
             self.info.layout = "json-array"
             text = io.TextIOWrapper(self._stream, encoding="utf-8", newline="")  # type: ignore[arg-type]
-            yield from _array_records(text.read, self.path)
+            yield from _array_records(text.read, self.where)
         else:
             yield from _jsonl_lines(self._stream)
 
     def line_blocks(self) -> Iterator[Block]:
         """The file in blocks of whole lines, about ``FAST_BLOCK`` bytes each, for
         :func:`read_block`, without a UTF-8 BOM: for a plain file, (path, start, end) byte ranges
-        found by seeking (whoever reads a block reads it from the file); for gzip, the
-        decompressed bytes. Raises :class:`FastPathUnavailable` at once for a file that is not
-        UTF-8 JSON Lines of objects (a JSON array, UTF-16, ...), and where it cannot be read to
-        the end (the line reader then says what is wrong). Independent of iteration: the reader
-        can still be iterated from the start afterwards."""
-        raw: BinaryIO = open(self.path, "rb")
+        found by seeking (whoever reads a block reads it from the file); for gzip and zip
+        members, the decompressed bytes. Raises :class:`FastPathUnavailable` at once for a file
+        that is not UTF-8 JSON Lines of objects (a JSON array, UTF-16, ...), and where it cannot
+        be read to the end (the line reader then says what is wrong). Independent of iteration:
+        the reader can still be iterated from the start afterwards."""
+        raw: BinaryIO = open(self.path, "rb", buffering=READ_CHUNK)
         self._fast_raw = raw  # position() follows this handle until the blocks are done
         try:
-            if self.info.compression == "gzip":
-                yield from self._gzip_blocks(gzip.GzipFile(fileobj=raw, mode="rb"))  # type: ignore[arg-type]
+            if self.info.compression != "none":
+                yield from self._decompressed_blocks(self._open_rows(raw))
                 return
             start = self._fast_start(raw.read(FAST_HEAD))
             size = self.info.bytes
@@ -184,7 +296,7 @@ class RawReader:
             raise FastPathUnavailable("not JSON Lines of objects in UTF-8 (a JSON array, UTF-16, or no rows)")
         return start
 
-    def _gzip_blocks(self, stream: BinaryIO) -> Iterator[bytes]:
+    def _decompressed_blocks(self, stream: BinaryIO) -> Iterator[bytes]:
         try:
             carry = stream.read(FAST_BLOCK)
             carry = carry[self._fast_start(carry[:FAST_HEAD]) :]
@@ -198,10 +310,50 @@ class RawReader:
                     continue
                 yield carry + chunk[:cut]
                 carry = chunk[cut:]
-        except (OSError, EOFError, zlib.error) as err:
+        except (OSError, *DAMAGED) as err:
             raise FastPathUnavailable(f"cannot read it to the end ({_first_line(err)})") from None
         if carry:
             yield carry
+
+    def count_rows(self, progress: Callable[[int], None] | None = None) -> int:
+        """Rows of the file, read to the end. UTF-8 JSON Lines (trn.json): its lines, newlines
+        counted in the decompressed bytes on a new handle (a last line without a newline counts,
+        and so would a blank line); anything else (a JSON array, UTF-16): the records iteration
+        gives. ``progress`` gets :meth:`position` after each chunk."""
+        lines = self._count_lines(progress)
+        if lines is not None:
+            return lines
+        rows = 0
+        for rows, _ in enumerate(self, start=1):
+            if progress is not None and rows % 20000 == 0:
+                progress(self.position())
+        return rows
+
+    def _count_lines(self, progress: Callable[[int], None] | None) -> int | None:
+        """The lines of UTF-8 JSON Lines; None for anything else."""
+        raw: BinaryIO = open(self.path, "rb", buffering=READ_CHUNK)
+        self._fast_raw = raw
+        lines, last = 0, b"\n"
+        try:
+            stream = self._open_rows(raw)
+            chunk = stream.read(FAST_BLOCK)
+            self._fast_start(chunk[:FAST_HEAD])
+            while chunk:
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+                if progress is not None:
+                    progress(self.position())
+                chunk = stream.read(FAST_BLOCK)
+        except FastPathUnavailable:
+            return None
+        except DAMAGED as err:
+            raise DataError(
+                f"{self.where} is truncated or corrupt ({_first_line(err)}): download it again"
+            ) from None
+        finally:
+            self._fast_raw = None
+            raw.close()
+        return lines + (last != b"\n")
 
 
 Block = bytes | tuple[str, int, int]
@@ -309,7 +461,7 @@ def _jsonl_lines(lines: Iterable[bytes] | Iterable[str]) -> Iterator[Record]:
             yield _parse(line, number)
 
 
-def _array_records(read: Callable[[int], str], path: Path) -> Iterator[Record]:
+def _array_records(read: Callable[[int], str], path: Path | str) -> Iterator[Record]:
     """Yield the elements of one top-level JSON array without holding the file in memory."""
     decoder = json.JSONDecoder()
     buf, pos, eof, number = "", 0, False, 0
