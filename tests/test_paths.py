@@ -90,6 +90,13 @@ def test_raw_source_finds_the_one_file_in_data_raw(tmp_path):
     (rp.raw_dir / "trn.json.gz").write_bytes(b"x")
     (rp.raw_dir / "notes.txt").write_text("ignored")
     assert rp.raw_source("") == rp.raw_dir / "trn.json.gz"
+    (rp.raw_dir / "tst.json.gz").write_bytes(b"x")  # the release unpacked: its training file wins
+    assert rp.raw_source("") == rp.raw_dir / "trn.json.gz"
+    (rp.raw_dir / "trn.json").write_text("{}")  # two training files: the user chooses
+    with pytest.raises(UserError, match="several raw files"):
+        rp.raw_source("")
+    (rp.raw_dir / "trn.json").unlink()
+    (rp.raw_dir / "trn.json.gz").unlink()
     (rp.raw_dir / "other.jsonl").write_text("{}")
     with pytest.raises(UserError, match="several raw files"):
         rp.raw_source("")

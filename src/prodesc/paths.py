@@ -175,7 +175,8 @@ class RunPaths:
 
     def raw_source(self, source: str, what: str = "data.source") -> Path:
         """The raw data file: ``source`` (the setting ``what``) if set (a bare file name is also
-        looked up in data/raw/), else the one raw file in data/raw/ (a zip counts as one)."""
+        looked up in data/raw/), else the one raw file in data/raw/ (a zip counts as one; among
+        several unpacked files, the one named trn.*, as the release names its training file)."""
         if source:
             path = self.inside_root(source, what)
             in_raw = self.raw_dir / source
@@ -190,6 +191,10 @@ class RunPaths:
                 f"no raw data in {self.raw_dir}: copy trn.json.gz or the dataset's zip there, or set "
                 "data.source=/path/to/trn.json.gz (or data.source=bundled for the sample)"
             )
+        training = [p for p in found if p.name.startswith("trn.")]
+        archives = [p for p in found if p.suffix == ".zip"]
+        if len(found) > 1 and len(training) == 1 and not archives:  # the release unpacked: trn.*, tst.*
+            return training[0]
         if len(found) > 1:
             names = ", ".join(p.name for p in found)
             raise UserError(
