@@ -119,8 +119,9 @@ def loss_callback(logs_dir: Path, title: str = ""):
 
 
 def eta_callback(describe: Callable[[float, int, int], str], after_steps: int = 3):
-    """A TrainerCallback that logs one estimate, once ``after_steps`` steps have been timed: the
-    first step of the process is not timed (it includes compilation and warm-up).
+    """A TrainerCallback that logs one estimate, once ``after_steps`` steps have been timed (or at
+    the last step of a shorter run): the first step of the process is not timed (it includes
+    compilation and warm-up).
     ``describe(seconds_per_step, step, max_steps)`` words the estimate."""
     from transformers import TrainerCallback
 
@@ -137,7 +138,7 @@ def eta_callback(describe: Callable[[float, int, int], str], after_steps: int = 
                 self.start, self.first_step = time.perf_counter(), state.global_step
                 return
             timed = state.global_step - self.first_step
-            if timed >= after_steps:
+            if timed >= after_steps or (timed and state.global_step >= state.max_steps):
                 self.done = True
                 per_step = (time.perf_counter() - self.start) / timed
                 print(f"[prodesc] {describe(per_step, state.global_step, state.max_steps)}",
