@@ -113,7 +113,8 @@ def upload_code_and_data(folder: Path) -> None:
 
 
 def stage_output(nb, script: str) -> str:
-    cell = next(c for c in nb.cells if c.cell_type == "code" and f"!python src/{script}" in c.source)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and f"!python src/{script}" in c.source
+                and "--inspect" not in c.source)  # the data cell runs 01 too
     return cell_text(cell)
 
 
