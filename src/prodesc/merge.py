@@ -383,6 +383,24 @@ def estimated_bytes_on_disk(folder: Path, bytes_per_param: int) -> int | None:
     return count * bytes_per_param
 
 
+def merged_size_estimate(model_path: str, bytes_per_param: int) -> int | None:
+    """The merged model's size before anything is downloaded or loaded: the parameter count x
+    ``bytes_per_param``, read from the safetensors headers of a local folder, or for a hub id from
+    the Hub (``huggingface_hub.get_safetensors_metadata`` fetches only the headers). None when the
+    Hub cannot tell (offline, no safetensors, no access): then the size is checked after loading."""
+    if Path(model_path).is_dir():
+        return estimated_bytes_on_disk(Path(model_path), bytes_per_param)
+    from huggingface_hub import get_safetensors_metadata
+
+    try:
+        counts = get_safetensors_metadata(model_path).parameter_count
+    except Exception as err:  # offline, not found, gated, not safetensors, network: all end the same
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        log(f"the size of {model_path} is unknown before loading ({first}): checking the disk space after loading it")
+        return None
+    return sum(counts.values()) * bytes_per_param
+
+
 def check_disk_space(root: Path, needed: int) -> None:
     """Refuse to start writing ``needed`` bytes under ``root`` without room for them (plus margin)."""
     where = Path(root)
@@ -426,8 +444,8 @@ def ensure_merged(
         max_new_tokens=min(cfg.eval.max_new_tokens, CHECK_MAX_NEW_TOKENS), batch_size=max(1, len(titles))
     )
     dtype = models.compute_dtype(cfg)
-    early = estimated_bytes_on_disk(Path(model_path), dtype.itemsize)
-    if early is not None:  # refuse before loading a large model for nothing
+    early = merged_size_estimate(model_path, dtype.itemsize)
+    if early is not None:  # refuse before downloading or loading a large model for nothing
         check_disk_space(paths.root, early)
     tokenizer = load_tokenizer(paths.adapter, cfg)
     log(f"loading {model_path} ({dtype}) and the adapter {paths.adapter}")
