@@ -277,9 +277,43 @@ def test_hub_model_too_big_for_the_disk_is_refused_before_any_download(hub_8b_ru
     assert err[-1].startswith("error: not enough disk space") and "needs about 14.96 GiB" in err[-1]
     assert "stand-in" not in "".join(err) and asked == [HUB_8B]
     assert not paths.merged.exists() and not any(paths.run.glob(".merged_fp16*"))
+    assert "set eval.tuned=adapter" in err[-1]
     fake_free_space(monkeypatch, 100)
     assert run(overrides) == 2
     assert f"stand-in: {HUB_8B} was about to be loaded" in capsys.readouterr().err
+    # the 8B presets' way: no merged model, so 14 GiB free is enough and the Hub is not asked
+    fake_free_space(monkeypatch, 14)
+    assert run([*overrides, "eval.tuned=adapter"]) == 2
+    err = capsys.readouterr().err
+    assert f"stand-in: {HUB_8B} was about to be loaded" in err and "disk space" not in err
+    assert asked == [HUB_8B] * 2 and not paths.merged.exists()
+
+
+def test_tuned_adapter_evaluates_without_a_merged_model(eval_run, monkeypatch):
+    """eval.tuned=adapter (the 8B presets): no merged_fp16/, the fine-tuned model is the base model
+    + the adapter, and its outputs equal the merged model's (float32 on CPU: exact)."""
+    from prodesc.config import load_config
+
+    assert load_config("l4").eval.tuned == load_config("a100").eval.tuned == "adapter"
+    assert load_config("t4").eval.tuned == "merged"
+    overrides, paths = eval_run
+    loads: list[str] = []
+    real = merge.load_model
+    monkeypatch.setattr(merge, "load_model", lambda path, cfg: loads.append(str(path)) or real(path, cfg))
+    assert run([*overrides, "eval.tuned=adapter"]) == 0
+    assert not paths.merged.exists() and not any(paths.run.glob(".merged_fp16*"))
+    assert str(paths.merged) not in loads and len(loads) == 3  # base, base + adapter, base + checkpoint-2
+    m = json.loads((paths.eval / "metrics.json").read_text())
+    assert m["merge_check"] == {"skipped": merge.NOT_MERGED}
+    tuned = m["identities"]["tuned"]
+    assert tuned["path"] == m["identities"]["base"]["path"] and tuned["adapter"] == str(paths.adapter)
+    assert "not merged (eval.tuned=adapter)" in (paths.eval / "report.html").read_text(encoding="utf-8")
+    from_adapter = json.loads((paths.eval / "outputs.json").read_text())["outputs"]
+    assert run(overrides) == 0  # eval.tuned=merged: merges, and generates the tuned rows anew
+    assert (paths.merged / "merge_check.json").is_file()
+    from_merged = json.loads((paths.eval / "outputs.json").read_text())["outputs"]
+    assert from_merged["tuned"] == from_adapter["tuned"] and any(from_adapter["tuned"])
+    assert json.loads((paths.eval / "metrics.json").read_text())["identities"]["tuned"]["path"] == str(paths.merged)
 
 
 def test_unknown_checkpoint_lists_the_ones_found(eval_run, capsys):
