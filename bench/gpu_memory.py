@@ -18,6 +18,14 @@ the presets through prodesc.config, so a changed batch size or max_length shows 
   overhead     CUDA context and allocator slack: ~1 GB, a rule of thumb.
 
 T is the preset's model.max_length (the worst case: prodesc pads a batch to its longest row).
+
+03 and 04 (generation; the second table) load the base model in 16 bits, never 4-bit:
+  weights      2 bytes/param; the adapter in fp32 (PEFT upcasts it when loading): 4 bytes/param.
+  KV cache     2 (K, V) x L x d_kv x 2 bytes per token, for B rows of T prompt + eval.max_new_tokens
+               tokens (03: B = eval.batch_size; 04: B = 1; the merge check: 3 rows, 48 new tokens).
+  prefill      one layer's forward over the prompt, as above (an upper bound); generation keeps
+               only the last position's logits.
+  04 before    the merged and the base model loaded at once: the 16-bit weights twice.
 """
 
 from __future__ import annotations
@@ -109,7 +117,44 @@ def main() -> int:
     for preset in GPU_GB:
         e = estimate(preset)
         print(f"{preset}: {e['params_b']:.2f}B params, LoRA r=16 all-linear {e['lora_m']:.1f}M params")
+    print(f"\n03 / 04, 16-bit weights (ESTIMATES, GB): merge = the merge and its check; eval = 03's generation "
+          f"at eval.batch_size; 04 = one copy of the weights; 04 before = the merged and the base model at once")
+    print(f"{'preset':<6} {'weights':>8} {'adapter':>8} {'KV eval':>8} {'merge':>6} {'eval':>6} {'04':>6} "
+          f"{'04 before':>9} {'GPU':>5}")
+    for preset, gpu in GPU_GB.items():
+        g = generation(preset)
+        print(f"{preset:<6} {g['weights']:>8.2f} {g['adapter']:>8.2f} {g['kv_eval']:>8.2f} {g['merge']:>6.1f} "
+              f"{g['eval']:>6.1f} {g['demo']:>6.1f} {g['demo_before']:>9.1f} {gpu:>5.1f}")
     return 0
+
+
+def generation(preset: str) -> dict[str, float]:
+    """GPU memory of 03 and 04 for ``preset`` (see the module docstring), in GB."""
+    from prodesc.config import load_config
+
+    cfg = load_config(preset)
+    shape = SHAPES[cfg.model.name]
+    t = cfg.model.max_length
+    weights = (shape.linear_params() + shape.embedding_params()) * 2
+    adapter = shape.lora_params(cfg.lora.r) * 4
+
+    def kv(rows: int, new_tokens: int) -> float:
+        return 2 * shape.layers * shape.d_kv * 2 * rows * (t + new_tokens)
+
+    def prefill(rows: int) -> float:
+        return rows * t * (6 * shape.d + 2 * shape.d_kv + 4 * shape.ffn) * 2
+
+    b, new = cfg.eval.batch_size, cfg.eval.max_new_tokens
+    fixed = weights + adapter + OVERHEAD_GB * GB
+    return {
+        "weights": weights / GB,
+        "adapter": adapter / GB,
+        "kv_eval": kv(b, new) / GB,
+        "merge": (fixed + kv(3, 48) + prefill(3)) / GB,
+        "eval": (fixed + kv(b, new) + prefill(b)) / GB,
+        "demo": (fixed + kv(1, new) + prefill(1)) / GB,
+        "demo_before": (fixed + weights + kv(1, new) + prefill(1)) / GB,
+    }
 
 
 if __name__ == "__main__":

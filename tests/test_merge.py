@@ -189,6 +189,133 @@ def test_not_enough_disk_space_is_refused(eval_run, monkeypatch, capsys):
     assert not paths.merged.exists() and not any(paths.run.glob(".merged_fp16*"))
 
 
+HUB_8B = "unsloth/Meta-Llama-3.1-8B-Instruct"
+PARAMS_8B = 8_030_261_248
+"""The l4/a100 presets' base model and its parameter count (what the Hub reports for it)."""
+
+
+def fake_hub_metadata(asked: list[str]):
+    """A stand-in for ``huggingface_hub.get_safetensors_metadata`` (nothing may reach the network in
+    tests): the real classes it returns, filled with Llama-3.1-8B's tensor shapes in bf16, four shards."""
+    from huggingface_hub.utils._safetensors import SafetensorsFileMetadata, SafetensorsRepoMetadata, TensorInfo
+
+    d, kv, ffn, vocab = 4096, 1024, 14336, 128256
+    shapes = {"model.embed_tokens.weight": [vocab, d], "lm_head.weight": [vocab, d], "model.norm.weight": [d]}
+    for i in range(32):
+        for name, shape in (("q_proj", [d, d]), ("k_proj", [kv, d]), ("v_proj", [kv, d]), ("o_proj", [d, d])):
+            shapes[f"model.layers.{i}.self_attn.{name}.weight"] = shape
+        for name, shape in (("gate_proj", [ffn, d]), ("up_proj", [ffn, d]), ("down_proj", [d, ffn])):
+            shapes[f"model.layers.{i}.mlp.{name}.weight"] = shape
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            shapes[f"model.layers.{i}.{name}.weight"] = [d]
+    shards: dict[str, dict] = {}
+    for n, (name, shape) in enumerate(shapes.items()):
+        shards.setdefault(f"model-0000{n % 4 + 1}-of-00004.safetensors", {})[name] = TensorInfo("BF16", shape, (0, 0))
+
+    def metadata(repo_id, **kwargs):
+        asked.append(repo_id)
+        files = {f: SafetensorsFileMetadata(metadata={}, tensors=t) for f, t in shards.items()}
+        return SafetensorsRepoMetadata(metadata=None, sharded=True, files_metadata=files,
+                                       weight_map={k: f for f, t in shards.items() for k in t})
+
+    return metadata
+
+
+def test_merged_size_of_a_hub_model_comes_from_the_hub_headers(monkeypatch, tmp_path, capsys):
+    import huggingface_hub
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    asked: list[str] = []
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", fake_hub_metadata(asked))
+    assert merge.merged_size_estimate(HUB_8B, 2) == PARAMS_8B * 2 and asked == [HUB_8B]
+    assert merge.merged_size_estimate(str(tmp_path), 2) is None and asked == [HUB_8B]  # a folder: never the Hub
+
+    def offline(repo_id, **kwargs):
+        raise OfflineModeIsEnabled("offline mode is enabled")
+
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", offline)
+    assert merge.merged_size_estimate(HUB_8B, 2) is None
+    assert "unknown before loading (offline mode is enabled)" in capsys.readouterr().err
+
+
+@pytest.fixture
+def hub_8b_run(tiny_model_dir, tmp_path, monkeypatch):
+    """03 of an l4-like run (model.name the 8B hub id, bf16) with the Hub's answers from the stand-in
+    above and load_model replaced: nothing is downloaded or loaded. Returns (overrides, paths, asked)."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and if anything did try the network: offline
+    asked: list[str] = []
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", fake_hub_metadata(asked))
+
+    def no_loading(path, cfg):
+        raise UserError(f"stand-in: {path} was about to be loaded")
+
+    monkeypatch.setattr(merge, "load_model", no_loading)
+    overrides = tiny_overrides(tiny_model_dir, tmp_path / "root", *EVAL_OVERRIDES, f"model.name={HUB_8B}",
+                               "model.dtype=bfloat16")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths)
+    write_tiny_adapter(tiny_model_dir, paths.adapter, base_name=HUB_8B)
+    return overrides, paths, asked
+
+
+def fake_free_space(monkeypatch, gib: float) -> None:
+    import shutil
+
+    free = int(gib * 2**30)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**13, 10**13 - free, free))
+
+
+def test_hub_model_too_big_for_the_disk_is_refused_before_any_download(hub_8b_run, monkeypatch, capsys):
+    """An 8B model merged in bf16 (~15 GiB) on a 15 GB Drive with 14 GiB free: one line before
+    anything is downloaded or loaded; with room, the stage goes on to load the model."""
+    overrides, paths, asked = hub_8b_run
+    fake_free_space(monkeypatch, 14)
+    assert run(overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: not enough disk space") and "needs about 14.96 GiB" in err[-1]
+    assert "stand-in" not in "".join(err) and asked == [HUB_8B]
+    assert not paths.merged.exists() and not any(paths.run.glob(".merged_fp16*"))
+    assert "set eval.tuned=adapter" in err[-1]
+    fake_free_space(monkeypatch, 100)
+    assert run(overrides) == 2
+    assert f"stand-in: {HUB_8B} was about to be loaded" in capsys.readouterr().err
+    # the 8B presets' way: no merged model, so 14 GiB free is enough and the Hub is not asked
+    fake_free_space(monkeypatch, 14)
+    assert run([*overrides, "eval.tuned=adapter"]) == 2
+    err = capsys.readouterr().err
+    assert f"stand-in: {HUB_8B} was about to be loaded" in err and "disk space" not in err
+    assert asked == [HUB_8B] * 2 and not paths.merged.exists()
+
+
+def test_tuned_adapter_evaluates_without_a_merged_model(eval_run, monkeypatch):
+    """eval.tuned=adapter (the 8B presets): no merged_fp16/, the fine-tuned model is the base model
+    + the adapter, and its outputs equal the merged model's (float32 on CPU: exact)."""
+    from prodesc.config import load_config
+
+    assert load_config("l4").eval.tuned == load_config("a100").eval.tuned == "adapter"
+    assert load_config("t4").eval.tuned == "merged"
+    overrides, paths = eval_run
+    loads: list[str] = []
+    real = merge.load_model
+    monkeypatch.setattr(merge, "load_model", lambda path, cfg: loads.append(str(path)) or real(path, cfg))
+    assert run([*overrides, "eval.tuned=adapter"]) == 0
+    assert not paths.merged.exists() and not any(paths.run.glob(".merged_fp16*"))
+    assert str(paths.merged) not in loads and len(loads) == 3  # base, base + adapter, base + checkpoint-2
+    m = json.loads((paths.eval / "metrics.json").read_text())
+    assert m["merge_check"] == {"skipped": merge.NOT_MERGED}
+    tuned = m["identities"]["tuned"]
+    assert tuned["path"] == m["identities"]["base"]["path"] and tuned["adapter"] == str(paths.adapter)
+    assert "not merged (eval.tuned=adapter)" in (paths.eval / "report.html").read_text(encoding="utf-8")
+    from_adapter = json.loads((paths.eval / "outputs.json").read_text())["outputs"]
+    assert run(overrides) == 0  # eval.tuned=merged: merges, and generates the tuned rows anew
+    assert (paths.merged / "merge_check.json").is_file()
+    from_merged = json.loads((paths.eval / "outputs.json").read_text())["outputs"]
+    assert from_merged["tuned"] == from_adapter["tuned"] and any(from_adapter["tuned"])
+    assert json.loads((paths.eval / "metrics.json").read_text())["identities"]["tuned"]["path"] == str(paths.merged)
+
+
 def test_unknown_checkpoint_lists_the_ones_found(eval_run, capsys):
     overrides, _ = eval_run
     assert run([*overrides, "eval.checkpoints=checkpoint-99"]) == 2

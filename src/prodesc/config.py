@@ -331,6 +331,11 @@ class EvalConfig:
     the sampled candidates as one more, after them (the earlier wins a tie). Generation costs one
     more sequence per title; the sampled candidates stay the same texts. Ignored without
     candidates."""
+    tuned: Literal["merged", "adapter"] = "merged"
+    """The fine-tuned model 03 evaluates. `merged`: it merges the adapter into the 16-bit base,
+    writes runs/<run>/merged_fp16/ (checked against the adapter) and evaluates that. `adapter`: the
+    base model + the adapter, and no merged model is written: the 8B presets' choice (merged in
+    bf16 they take ~16 GB, more than a free 15 GB Google Drive holds)."""
     checkpoints: list[str] = field(default_factory=list)
     """Extra checkpoints of the run to compare (folder names under checkpoints/, e.g. checkpoint-100)."""
     compare_runs: list[str] = field(default_factory=list)

@@ -6,8 +6,10 @@ Titles: the positional arguments that are not key=value (quote each title), the 
 --titles-file, else the lines of stdin when it is a pipe or a file, else an interactive prompt
 (`title> `; an empty line or Ctrl-D ends it).
 
-The fine-tuned model is runs/<run>/merged_fp16/ when 03_merge_fp16.py has written it (and it is not
-older than the adapter), else the base model + the LoRA adapter of 02_sft_qlora.py. For each title
+The weights are loaded once: the fine-tuned model is the base model + the LoRA adapter of
+02_sft_qlora.py, and the base model's descriptions come from the same weights with the adapter
+switched off (an 8B model in 16 bits, ~16 GB, fits an L4 once, not twice). With --no-base it is
+runs/<run>/merged_fp16/ when 03_merge_fp16.py has written it (not older than the adapter). For each title
 the fine-tuned description is streamed as it is generated, then both descriptions are shown side by
 side (one after the other in a narrow terminal). Decoding: eval.max_new_tokens,
 eval.min_new_tokens, eval.eos_bias, eval.num_beams, eval.do_sample, eval.temperature,
@@ -169,20 +171,20 @@ class Demo:
         self.references = reference_descriptions(paths, cfg.eval.mbr_references, cfg.seed)
         self.examples = example_finder(cfg, paths, template)
         self.shown: dict[str, list[Any]] = {}  # title -> its examples: a request asks up to 3 times
-        self.source = tuned_source(paths)
+        # One copy of the weights: with the base model shown, base + adapter (the base model is the
+        # same weights with the adapter switched off), not the merged model and the base model.
+        self.source = "adapter" if with_base else tuned_source(paths)
         folder = paths.merged if self.source == "merged" else paths.adapter
         self.tokenizer = prepare_for_generation(merge.load_tokenizer(folder, cfg))
         self.base = None
         if self.source == "merged":
             log(f"fine-tuned model: {paths.merged}")
             self.tuned = merge.load_model(paths.merged, cfg)
-            if with_base:
-                log(f"base model: {base_path}")
-                self.base = merge.load_model(base_path, cfg)
         else:
-            log(f"fine-tuned model: {base_path} + the adapter {paths.adapter}")
+            log(f"fine-tuned model: {base_path} + the adapter {paths.adapter}"
+                + ("; base model: the same weights with the adapter switched off" if with_base else ""))
             self.tuned = merge.with_adapter(merge.load_model(base_path, cfg), paths.adapter)
-            if with_base:  # the same weights with the adapter switched off
+            if with_base:
                 self.base = self.tuned
         self.stream = settings.streams
         if not self.stream:
