@@ -412,15 +412,16 @@ def _show(value: Any) -> str:
 
 
 def precision_flags(cfg: Config) -> tuple[bool, bool]:
-    """(bf16, fp16) for ``train.precision``: `auto` = fp32 on CPU, bf16 if supported, else fp16."""
+    """(bf16, fp16) for ``train.precision``: `auto` = fp32 on CPU; on a GPU the model's compute
+    dtype (:func:`prodesc.models.compute_dtype`: with model.dtype=auto, bf16 where the GPU has it
+    in hardware, else fp16)."""
     cuda = models.cuda_available()
     choice = cfg.train.precision
     if choice == "auto":
         if not cuda:
             return False, False
-        import torch
-
-        return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
+        name = str(models.compute_dtype(cfg)).removeprefix("torch.")
+        return name == "bfloat16", name == "float16"
     if choice == "fp16" and not cuda:
         raise UserError("train.precision=fp16 needs a GPU: use train.precision=fp32 (or auto) on CPU")
     return choice == "bf16", choice == "fp16"
