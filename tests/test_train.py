@@ -252,6 +252,12 @@ def test_tiny_run_writes_every_artifact(finished_run):
         "checkpoint-3", "checkpoint-6", "checkpoint-9", "checkpoint-12"]
     for ckpt in checkpoints.list_checkpoints(paths.checkpoints):
         assert checkpoints.checkpoint_problem(ckpt) is None
+    # datasets' map/filter caches stay off the prepared folder (on Drive in Colab); caching is
+    # back on for whatever runs next in this process
+    assert not list(paths.prepared.rglob("cache-*.arrow"))
+    import datasets
+
+    assert datasets.is_caching_enabled()
 
 
 def test_rerun_of_a_finished_run_does_nothing_but_other_settings_need_overwrite(finished_run, capsys):

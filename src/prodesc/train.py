@@ -18,12 +18,14 @@ train_summary.json, logs/ (TensorBoard, loss_history.csv, loss_curve.png).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import resource
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,11 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     # setup
     fam = family.for_config(cfg)  # reads config.json only: no transformers import yet
     backend = models.select_backend(cfg, fam)  # first: Unsloth must be imported before transformers
+    with local_datasets_cache():  # imports datasets, and with it huggingface_hub: after Unsloth
+        _train(cfg, paths, fam, backend)
+
+
+def _train(cfg: Config, paths: RunPaths, fam: family.Family, backend: str) -> None:
     template, data = load_prepared(cfg, paths)
     data_id = prepared_fingerprint(paths)
     dirs = checkpoints.checkpoint_dirs(cfg, paths)
@@ -140,6 +147,23 @@ def _body(cfg: Config, paths: RunPaths) -> None:
 
 
 # --------------------------------------------------------------------------- data
+
+
+@contextlib.contextmanager
+def local_datasets_cache() -> Iterator[None]:
+    """``datasets`` writes what map/filter make (``cache-*.arrow``) next to the data they read: into
+    the prepared data's folder, which is on Drive in Colab. Inside this block they go to a temporary
+    folder on the local disk instead, deleted when the process ends (``datasets``' behaviour with
+    caching off); 02 recomputes them on every run (seconds)."""
+    import datasets
+
+    was_on = datasets.is_caching_enabled()
+    datasets.disable_caching()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_caching()
 
 
 def load_prepared(cfg: Config, paths: RunPaths) -> tuple[templates.PromptTemplate, Any]:
