@@ -478,6 +478,49 @@ def test_colab_checkpoints_local_and_mirrored_to_drive(tiny_model_dir, tmp_path,
     assert summary["steps"] == 12
 
 
+def test_a_save_as_the_mirror_worker_stops_is_still_copied(tmp_path):
+    """The race, forced: the worker's idle wait runs out, and a save comes in before the worker
+    acts on that. The save's copy must still happen, and wait() must return (a timeout turns a
+    hang into a failure). Stand-ins: "Drive" is a tmp folder; the Trainer's arguments and state
+    are the two fields on_save reads."""
+    import queue
+    import threading
+    import types
+
+    local, drive = tmp_path / "local", tmp_path / "drive"
+    for step in (1, 2):
+        (local / f"checkpoint-{step}").mkdir(parents=True)
+        (local / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"w" * step)
+    cb = checkpoints.mirror_callback(drive, keep=5)
+    args = types.SimpleNamespace(output_dir=str(local))
+
+    def save(step):
+        cb.on_save(args, types.SimpleNamespace(is_world_process_zero=True, global_step=step), None)
+
+    raced = threading.Event()
+
+    class IdleRunsOutAsASaveComes(queue.Queue):
+        def get(self, block=True, timeout=None):
+            if timeout is not None and self.empty() and not raced.is_set():
+                # the idle wait is over (at once, not after a second), and checkpoint-2 is saved
+                # before the worker acts on it
+                save(2)
+                raced.set()
+                raise queue.Empty
+            return super().get(block, timeout)
+
+    cb.jobs = IdleRunsOutAsASaveComes()
+    save(1)
+    assert raced.wait(timeout=30), "the worker never waited for a next job"
+    waiter = threading.Thread(target=cb.wait, daemon=True)  # training ends: wait for the copies
+    waiter.start()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive(), "wait() hangs: checkpoint-2 was queued with no worker to copy it"
+    assert [p.name for p in checkpoints.list_checkpoints(drive)] == ["checkpoint-1", "checkpoint-2"]
+    assert (drive / "checkpoint-2" / "adapter_model.safetensors").read_bytes() == b"ww"
+    assert not cb.errors
+
+
 def test_rotate_mirror_truncates_then_deletes(tmp_path, monkeypatch):
     for step in (3, 6, 9):
         d = tmp_path / f"checkpoint-{step}"
