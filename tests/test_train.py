@@ -56,6 +56,46 @@ def test_help_and_print_config_do_not_import_torch():
     assert help_out.returncode == 0 and "resume" in help_out.stdout
 
 
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_8bit"])
+def test_both_backends_train_with_the_stated_optimizer(tmp_path, monkeypatch, optim):
+    """train.optim, logging_nan_inf_filter and torch_empty_cache_steps reach the training
+    arguments on both backends, whatever the arguments class's defaults say. Stand-in for the
+    SFTConfig Unsloth builds on a GPU (unsloth/models/rl.py, 2026.10.7, rewrites these defaults):
+    TRL's SFTConfig with Unsloth's defaults for the three fields."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    from prodesc import family
+
+    @dataclasses.dataclass
+    class UnslothLikeSFTConfig(SFTConfig):
+        optim: str = "adamw_8bit"
+        logging_nan_inf_filter: bool = False
+        torch_empty_cache_steps: int | None = 250
+
+    assert UnslothLikeSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).optim == "adamw_8bit"
+    cfg, paths = stage_paths(["paths.root=" + str(tmp_path), f"train.optim={optim}"])
+    dirs = checkpoints.checkpoint_dirs(cfg, paths)
+    built = {"hf": train.training_args(cfg, paths, dirs, "hf", family.CAUSAL)}
+    monkeypatch.setattr(family.CAUSAL, "args_class", lambda: UnslothLikeSFTConfig)
+    built["unsloth"] = train.training_args(cfg, paths, dirs, "unsloth", family.CAUSAL)
+    for backend, args in built.items():
+        got = (str(getattr(args.optim, "value", args.optim)), args.logging_nan_inf_filter,
+               args.torch_empty_cache_steps)
+        assert got == (optim, False, None), backend
+
+
+def test_gpu_presets_choose_their_optimizer():
+    import yaml
+
+    from prodesc.config import PRESETS_DIR
+
+    for name in ("t4", "l4", "a100", "flan-t5-base"):
+        train_section = yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text())["train"]
+        assert train_section.get("optim") in ("adamw_torch_fused", "adamw_8bit"), name
+
+
 def test_missing_prepared_data_says_run_prepare_first(tiny_model_dir, tmp_path, capsys):
     rc = run_inprocess(tiny_overrides(tiny_model_dir, tmp_path))
     assert rc == 2
@@ -198,6 +238,22 @@ def test_neftune_noise_reaches_training_only(tiny_model_dir, tmp_path):
         assert not embed._forward_hooks and not hasattr(embed, "neftune_noise_alpha")
         adapters[alpha] = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
     assert max_abs_diff(adapters[0], adapters[5]) > 0
+
+
+def test_8bit_adamw_trains_on_cpu(tiny_model_dir, tmp_path):
+    """train.optim=adamw_8bit runs on CPU (bitsandbytes 0.50.2): the checkpoint holds
+    bitsandbytes' optimizer state, not torch's (exp_avg/exp_avg_sq)."""
+    import torch
+
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, "train.max_steps=2", "train.save_steps=2",
+                               "train.eval_steps=0", "train.optim=adamw_8bit")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths, n_train=16, n_val=4, n_test=4)
+    assert run_inprocess(overrides) == 0
+    assert json.loads((paths.run / "train_summary.json").read_text())["optim"] == "adamw_8bit"
+    state = torch.load(paths.checkpoints / "checkpoint-2" / "optimizer.pt", weights_only=False)["state"]
+    keys = set().union(*(v.keys() for v in state.values()))
+    assert "__bnb_optimizer_quant_state__" in keys and "exp_avg" not in keys, keys
 
 
 def test_train_seed_changes_the_training_not_the_data(tiny_model_dir, tmp_path):

@@ -216,6 +216,10 @@ class TrainConfig:
     """Warmup: a fraction of the steps (< 1) or a number of steps (>= 1)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    optim: Literal["adamw_torch_fused", "adamw_8bit"] = "adamw_torch_fused"
+    """The optimizer, the same on both backends (Unsloth would pick adamw_8bit by itself):
+    `adamw_torch_fused` (torch's AdamW, fused; what transformers uses by default) or `adamw_8bit`
+    (bitsandbytes' 8-bit AdamW: its two states take a quarter of the memory; also runs on CPU)."""
     overlong: Literal["drop", "truncate", "sentence"] = "drop"
     """A training example longer than model.max_length: `drop` it (every kept example ends with its
     end token, so the model learns when to stop, but only from the shorter descriptions),

@@ -60,6 +60,7 @@ RESUME_LOCKED_KEYS = (
     "train.learning_rate",
     "train.lr_scheduler",
     "train.warmup",
+    "train.optim",
     "train.overlong",
     "train.neftune_noise_alpha",
 )
@@ -477,6 +478,13 @@ def training_args(
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=warmup,
         weight_decay=t.weight_decay,
+        # Stated, not left to the defaults: Unsloth's SFTConfig changes them (unsloth/models/rl.py:
+        # adamw_8bit, logging_nan_inf_filter=False, torch_empty_cache_steps=250), so both backends
+        # train alike. A NaN/inf loss is logged as it is (a diverging fp16 run shows), and the GPU
+        # cache is not emptied during training (transformers' default).
+        optim=t.optim,
+        logging_nan_inf_filter=False,
+        torch_empty_cache_steps=None,
         neftune_noise_alpha=t.neftune_noise_alpha or None,
         bf16=bf16,
         fp16=fp16,
@@ -644,6 +652,7 @@ def train_summary(cfg, trainer, result, backend, args, start_tokens, eval_loss, 
         "model": cfg.model.name,
         "backend": backend,
         "precision": precision_name(args),
+        "optim": str(getattr(args.optim, "value", args.optim)),
         "world_size": args.world_size,
         "steps": state.global_step,
         "epochs": round(float(state.epoch or 0.0), 4),
