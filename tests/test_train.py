@@ -256,6 +256,29 @@ def test_8bit_adamw_trains_on_cpu(tiny_model_dir, tmp_path):
     assert "__bnb_optimizer_quant_state__" in keys and "exp_avg" not in keys, keys
 
 
+STAGE_THEN_ANOTHER_BNB_WARNING = (
+    "import logging, sys\n"
+    "from prodesc import train\n"
+    "rc = train.main(sys.argv[1:])\n"
+    "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('another bitsandbytes warning')\n"
+    "print('bitsandbytes imported:', 'bitsandbytes.backends.cpu.ops' in sys.modules)\n"
+    "sys.exit(rc)\n"
+)
+"""02, then one more warning from the bitsandbytes logger whose one message 02 silences."""
+
+
+def test_a_cpu_stage_does_not_print_the_bitsandbytes_kernels_warning(tiny_model_dir, tmp_path):
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, "train.max_steps=1", "train.eval_steps=0")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths, n_train=8, n_val=4, n_test=4)
+    out = subprocess.run([PYTHON, "-c", STAGE_THEN_ANOTHER_BNB_WARNING, "--preset", "cpu", *overrides],
+                         env=stage_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "bitsandbytes imported: True" in out.stdout  # by PEFT, in the stage
+    assert "gemm_4bit_forward" not in out.stderr
+    assert "another bitsandbytes warning" in out.stderr  # the logger's other messages still show
+
+
 def test_train_seed_changes_the_training_not_the_data(tiny_model_dir, tmp_path):
     """train.seed moves LoRA's init and the batch order (the adapter differs) on the same prepared
     data; -1 (the default) is the run's seed, so setting it to that seed changes nothing. The
