@@ -190,14 +190,48 @@ class _FakeFastLanguageModel:
         return "PEFT"
 
 
+def fake_gpu(monkeypatch, capability: tuple[int, int]) -> None:
+    """Stand-in for a CUDA GPU (there is none here): torch.cuda answers as a device of this compute
+    capability whose bfloat16 tensors work (a T4, 7.5, emulates them; an A100, 8.0, has them).
+    torch's own ``is_bf16_supported`` then runs on these answers."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: types.SimpleNamespace(major=capability[0], minor=capability[1]))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+
+
+@pytest.mark.parametrize("capability, dtype_name, flags", [
+    ((7, 5), "float16", (False, True)),   # T4: bfloat16 only emulated
+    ((8, 0), "bfloat16", (True, False)),  # A100 (L4: 8.9)
+])
+def test_auto_dtype_asks_the_hardware_and_training_precision_agrees(monkeypatch, capability, dtype_name, flags):
+    import torch
+
+    from prodesc import train
+
+    fake_gpu(monkeypatch, capability)
+    assert torch.cuda.is_bf16_supported() is True  # the trap: emulation counts by default
+    cfg = _cfg("model.dtype=auto", "train.precision=auto")
+    assert models.compute_dtype(cfg) == getattr(torch, dtype_name)  # 02's loader, 03 and 04
+    assert train.precision_flags(cfg) == flags  # 02's training arguments
+    # precision auto follows an explicit model.dtype too
+    assert train.precision_flags(_cfg("model.dtype=float16", "train.precision=auto")) == (False, True)
+
+
 def test_unsloth_branch_with_a_stand_in_module(monkeypatch):
     # Stand-in: the real unsloth raises on import without a GPU, so a fake module takes its place
-    # in sys.modules and CUDA is faked; we check the calls and arguments it receives.
+    # in sys.modules and a T4-like GPU is faked; we check the calls and arguments it receives.
+    import torch
+
     fake = types.ModuleType("unsloth")
     fake.FastLanguageModel = _FakeFastLanguageModel
     _FakeFastLanguageModel.calls = []
     monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(models, "cuda_available", lambda: True)
+    fake_gpu(monkeypatch, (7, 5))
     cfg = _cfg("model.backend=auto", "model.load_in_4bit=true", "model.dtype=auto", "model.max_length=1024",
                "lora.r=8", "lora.alpha=16", "lora.dropout=0.0", "seed=7", "train.gradient_checkpointing=true")
     backend = models.select_backend(cfg)
@@ -207,7 +241,8 @@ def test_unsloth_branch_with_a_stand_in_module(monkeypatch):
     assert tok.pad_token == "<|im_end|>" and tok.padding_side == "right"
     (k1, load), (k2, peft) = _FakeFastLanguageModel.calls
     assert k1 == "from_pretrained" and k2 == "get_peft_model"
-    assert load == dict(model_name="/models/base", max_seq_length=1024, dtype=None, load_in_4bit=True,
+    # the dtype 03/04 load with, not Unsloth's own choice
+    assert load == dict(model_name="/models/base", max_seq_length=1024, dtype=torch.float16, load_in_4bit=True,
                         trust_remote_code=False)
     assert peft == dict(model="BASE", r=8, target_modules=models.UNSLOTH_TARGETS, lora_alpha=16,
                         lora_dropout=0.0, bias="none", use_gradient_checkpointing="unsloth", random_state=7)
@@ -218,3 +253,54 @@ def test_compute_dtype_on_cpu():
 
     assert models.compute_dtype(_cfg("model.dtype=auto")) == torch.float32
     assert models.compute_dtype(_cfg("model.dtype=bfloat16")) == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- import order
+
+FAKE_UNSLOTH = '''\
+"""Stand-in for the GPU-only `unsloth` package (the real one raises on import without a GPU):
+it records which modules were imported before it."""
+import json, os, sys
+
+with open(os.environ["FAKE_UNSLOTH_RECORD"], "w") as fh:
+    json.dump(sorted(sys.modules), fh)
+'''
+
+FAKE_GPU_02 = '''\
+import sys
+import torch
+
+torch.cuda.is_available = lambda: True  # stand-in for a CUDA GPU (there is none here)
+from prodesc import train
+
+sys.exit(train.main(sys.argv[1:]))
+'''
+
+
+def test_02_imports_unsloth_before_the_hub_and_the_libraries_it_patches(tmp_path):
+    """02's setup up to backend selection, on a "GPU" with Unsloth installed and a hub model (whose
+    config.json 02 reads to detect the family): Unsloth is imported before transformers, TRL,
+    PEFT and huggingface_hub (two of its fixes must run before the hub is imported)."""
+    import json
+    import subprocess
+
+    from conftest import PYTHON, SRC, stage_env
+
+    fake = tmp_path / "site" / "unsloth"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_UNSLOTH)
+    record = tmp_path / "imported_before_unsloth.json"
+    env = stage_env()
+    env["PYTHONPATH"] = f"{fake.parent}:{env['PYTHONPATH']}"
+    env["FAKE_UNSLOTH_RECORD"] = str(record)
+    out = subprocess.run(
+        [PYTHON, "-c", FAKE_GPU_02, "--preset", "cpu", "model.name=unsloth/Llama-3.2-1B-Instruct",
+         "model.backend=auto", "model.family=auto", f"paths.root={tmp_path / 'root'}"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=SRC.parent,
+    )
+    # it stops after backend selection: no prepared data here
+    assert out.returncode == 2 and "run 01_prepare.py first" in out.stderr, out.stderr[-2000:]
+    assert record.is_file(), "02 never imported unsloth"
+    before = json.loads(record.read_text())
+    early = sorted(m for m in before if m.split(".")[0] in ("transformers", "trl", "peft", "huggingface_hub"))
+    assert not early, early[:10]

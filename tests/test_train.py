@@ -56,6 +56,46 @@ def test_help_and_print_config_do_not_import_torch():
     assert help_out.returncode == 0 and "resume" in help_out.stdout
 
 
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_8bit"])
+def test_both_backends_train_with_the_stated_optimizer(tmp_path, monkeypatch, optim):
+    """train.optim, logging_nan_inf_filter and torch_empty_cache_steps reach the training
+    arguments on both backends, whatever the arguments class's defaults say. Stand-in for the
+    SFTConfig Unsloth builds on a GPU (unsloth/models/rl.py, 2026.10.7, rewrites these defaults):
+    TRL's SFTConfig with Unsloth's defaults for the three fields."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    from prodesc import family
+
+    @dataclasses.dataclass
+    class UnslothLikeSFTConfig(SFTConfig):
+        optim: str = "adamw_8bit"
+        logging_nan_inf_filter: bool = False
+        torch_empty_cache_steps: int | None = 250
+
+    assert UnslothLikeSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False).optim == "adamw_8bit"
+    cfg, paths = stage_paths(["paths.root=" + str(tmp_path), f"train.optim={optim}"])
+    dirs = checkpoints.checkpoint_dirs(cfg, paths)
+    built = {"hf": train.training_args(cfg, paths, dirs, "hf", family.CAUSAL)}
+    monkeypatch.setattr(family.CAUSAL, "args_class", lambda: UnslothLikeSFTConfig)
+    built["unsloth"] = train.training_args(cfg, paths, dirs, "unsloth", family.CAUSAL)
+    for backend, args in built.items():
+        got = (str(getattr(args.optim, "value", args.optim)), args.logging_nan_inf_filter,
+               args.torch_empty_cache_steps)
+        assert got == (optim, False, None), backend
+
+
+def test_gpu_presets_choose_their_optimizer():
+    import yaml
+
+    from prodesc.config import PRESETS_DIR
+
+    for name in ("t4", "l4", "a100", "flan-t5-base"):
+        train_section = yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text())["train"]
+        assert train_section.get("optim") in ("adamw_torch_fused", "adamw_8bit"), name
+
+
 def test_missing_prepared_data_says_run_prepare_first(tiny_model_dir, tmp_path, capsys):
     rc = run_inprocess(tiny_overrides(tiny_model_dir, tmp_path))
     assert rc == 2
@@ -200,6 +240,45 @@ def test_neftune_noise_reaches_training_only(tiny_model_dir, tmp_path):
     assert max_abs_diff(adapters[0], adapters[5]) > 0
 
 
+def test_8bit_adamw_trains_on_cpu(tiny_model_dir, tmp_path):
+    """train.optim=adamw_8bit runs on CPU (bitsandbytes 0.50.2): the checkpoint holds
+    bitsandbytes' optimizer state, not torch's (exp_avg/exp_avg_sq)."""
+    import torch
+
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, "train.max_steps=2", "train.save_steps=2",
+                               "train.eval_steps=0", "train.optim=adamw_8bit")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths, n_train=16, n_val=4, n_test=4)
+    assert run_inprocess(overrides) == 0
+    assert json.loads((paths.run / "train_summary.json").read_text())["optim"] == "adamw_8bit"
+    state = torch.load(paths.checkpoints / "checkpoint-2" / "optimizer.pt", weights_only=False)["state"]
+    keys = set().union(*(v.keys() for v in state.values()))
+    assert "__bnb_optimizer_quant_state__" in keys and "exp_avg" not in keys, keys
+
+
+STAGE_THEN_ANOTHER_BNB_WARNING = (
+    "import logging, sys\n"
+    "from prodesc import train\n"
+    "rc = train.main(sys.argv[1:])\n"
+    "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('another bitsandbytes warning')\n"
+    "print('bitsandbytes imported:', 'bitsandbytes.backends.cpu.ops' in sys.modules)\n"
+    "sys.exit(rc)\n"
+)
+"""02, then one more warning from the bitsandbytes logger whose one message 02 silences."""
+
+
+def test_a_cpu_stage_does_not_print_the_bitsandbytes_kernels_warning(tiny_model_dir, tmp_path):
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, "train.max_steps=1", "train.eval_steps=0")
+    _, paths = stage_paths(overrides)
+    write_prepared(paths, n_train=8, n_val=4, n_test=4)
+    out = subprocess.run([PYTHON, "-c", STAGE_THEN_ANOTHER_BNB_WARNING, "--preset", "cpu", *overrides],
+                         env=stage_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "bitsandbytes imported: True" in out.stdout  # by PEFT, in the stage
+    assert "gemm_4bit_forward" not in out.stderr
+    assert "another bitsandbytes warning" in out.stderr  # the logger's other messages still show
+
+
 def test_train_seed_changes_the_training_not_the_data(tiny_model_dir, tmp_path):
     """train.seed moves LoRA's init and the batch order (the adapter differs) on the same prepared
     data; -1 (the default) is the run's seed, so setting it to that seed changes nothing. The
@@ -252,6 +331,12 @@ def test_tiny_run_writes_every_artifact(finished_run):
         "checkpoint-3", "checkpoint-6", "checkpoint-9", "checkpoint-12"]
     for ckpt in checkpoints.list_checkpoints(paths.checkpoints):
         assert checkpoints.checkpoint_problem(ckpt) is None
+    # datasets' map/filter caches stay off the prepared folder (on Drive in Colab); caching is
+    # back on for whatever runs next in this process
+    assert not list(paths.prepared.rglob("cache-*.arrow"))
+    import datasets
+
+    assert datasets.is_caching_enabled()
 
 
 def test_rerun_of_a_finished_run_does_nothing_but_other_settings_need_overwrite(finished_run, capsys):
@@ -470,6 +555,49 @@ def test_colab_checkpoints_local_and_mirrored_to_drive(tiny_model_dir, tmp_path,
     summary = json.loads((paths.run / "train_summary.json").read_text())
     assert summary["resumed_from"] == str(paths.checkpoints / "checkpoint-9")
     assert summary["steps"] == 12
+
+
+def test_a_save_as_the_mirror_worker_stops_is_still_copied(tmp_path):
+    """The race, forced: the worker's idle wait runs out, and a save comes in before the worker
+    acts on that. The save's copy must still happen, and wait() must return (a timeout turns a
+    hang into a failure). Stand-ins: "Drive" is a tmp folder; the Trainer's arguments and state
+    are the two fields on_save reads."""
+    import queue
+    import threading
+    import types
+
+    local, drive = tmp_path / "local", tmp_path / "drive"
+    for step in (1, 2):
+        (local / f"checkpoint-{step}").mkdir(parents=True)
+        (local / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"w" * step)
+    cb = checkpoints.mirror_callback(drive, keep=5)
+    args = types.SimpleNamespace(output_dir=str(local))
+
+    def save(step):
+        cb.on_save(args, types.SimpleNamespace(is_world_process_zero=True, global_step=step), None)
+
+    raced = threading.Event()
+
+    class IdleRunsOutAsASaveComes(queue.Queue):
+        def get(self, block=True, timeout=None):
+            if timeout is not None and self.empty() and not raced.is_set():
+                # the idle wait is over (at once, not after a second), and checkpoint-2 is saved
+                # before the worker acts on it
+                save(2)
+                raced.set()
+                raise queue.Empty
+            return super().get(block, timeout)
+
+    cb.jobs = IdleRunsOutAsASaveComes()
+    save(1)
+    assert raced.wait(timeout=30), "the worker never waited for a next job"
+    waiter = threading.Thread(target=cb.wait, daemon=True)  # training ends: wait for the copies
+    waiter.start()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive(), "wait() hangs: checkpoint-2 was queued with no worker to copy it"
+    assert [p.name for p in checkpoints.list_checkpoints(drive)] == ["checkpoint-1", "checkpoint-2"]
+    assert (drive / "checkpoint-2" / "adapter_model.safetensors").read_bytes() == b"ww"
+    assert not cb.errors
 
 
 def test_rotate_mirror_truncates_then_deletes(tmp_path, monkeypatch):

@@ -183,6 +183,9 @@ def tokens_in_checkpoint(ckpt: Path | None) -> int:
 
 # --------------------------------------------------------------------------- Drive mirror
 
+MIRROR_IDLE_S = 1.0
+"""Seconds the Drive mirror's worker waits for the next checkpoint before it stops."""
+
 
 def mirror_callback(mirror: Path, keep: int) -> Any:
     """A TrainerCallback that copies each finished checkpoint to ``mirror`` (Drive) in the background.
@@ -192,6 +195,10 @@ def mirror_callback(mirror: Path, keep: int) -> Any:
     and renamed to ``checkpoint-N`` once whole. Mirrored checkpoints older than the newest ``keep``
     are truncated to 0 bytes, then deleted, so Drive's Trash does not fill up. ``wait()`` blocks
     until every copy is done.
+
+    One worker thread copies; it stops after :data:`MIRROR_IDLE_S` without a job and the next save
+    starts another. Queueing a job and the worker's decision to stop happen under one lock, so a
+    save that comes as the worker stops is never left in the queue with nobody to take it.
     """
     from transformers import TrainerCallback
 
@@ -199,7 +206,9 @@ def mirror_callback(mirror: Path, keep: int) -> Any:
         def __init__(self) -> None:
             self.jobs: queue.Queue = queue.Queue()
             self.errors: list[str] = []
-            self.thread: threading.Thread | None = None
+            self.lock = threading.Lock()
+            self.working = False
+            """A worker thread is running and will take every job queued before it stops."""
 
         def on_save(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:
@@ -210,21 +219,26 @@ def mirror_callback(mirror: Path, keep: int) -> Any:
             staging = Path(args.output_dir) / f".mirror-{src.name}"
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(src, staging, copy_function=_link_or_copy)
-            self.jobs.put((staging, src.name))
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._work, name="drive-mirror", daemon=True)
-                self.thread.start()
+            with self.lock:
+                self.jobs.put((staging, src.name))
+                if not self.working:
+                    self.working = True
+                    threading.Thread(target=self._work, name="drive-mirror", daemon=True).start()
 
         def _work(self) -> None:
             while True:
                 try:
-                    staging, name = self.jobs.get(timeout=1.0)
+                    staging, name = self.jobs.get(timeout=MIRROR_IDLE_S)
                 except queue.Empty:
-                    return
+                    with self.lock:  # a save may have queued a job since the wait ran out
+                        if self.jobs.empty():
+                            self.working = False
+                            return
+                    continue
                 try:
                     copy_checkpoint(staging, Path(mirror) / name)
                     rotate_mirror(Path(mirror), keep)
-                except OSError as err:  # keep training; say so at the end
+                except Exception as err:  # keep training (and this worker alive); say so at the end
                     self.errors.append(f"{name}: {err}")
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)

@@ -16,6 +16,7 @@ it passes ``words=False``.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import textwrap
@@ -36,6 +37,32 @@ OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
 def log(message: str) -> None:
     """Progress and choices go to stderr with a common prefix; results go to stdout."""
     print(f"[prodesc] {message}", file=sys.stderr, flush=True)
+
+
+BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+BNB_NO_KERNELS = "Failed to load CPU gemm_4bit_forward from kernels-community"
+"""bitsandbytes (0.50.2) logs this warning when it is imported on a CPU with AVX512-BF16 and the
+optional `kernels` package (a faster 4-bit CPU kernel from the hub) is absent: in every CPU stage,
+harmless, and read as an error."""
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records of one logger whose message starts with ``prefix``; lets the rest through."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def silence_known_noise() -> None:
+    """Drop exactly bitsandbytes' :data:`BNB_NO_KERNELS` warning (its other messages still show).
+    Called before the stage imports anything; calling it again adds nothing."""
+    logger = logging.getLogger(BNB_CPU_LOGGER)
+    if not any(isinstance(f, _DropMessage) for f in logger.filters):
+        logger.addFilter(_DropMessage(BNB_NO_KERNELS))
 
 
 def build_parser(prog: str, doc: str, extra_args: ExtraArgs | None = None) -> argparse.ArgumentParser:
@@ -105,5 +132,6 @@ def _run(args: argparse.Namespace, body: Body) -> int:
     root, origin = resolve_root(cfg.paths.root or None)
     paths = RunPaths.from_config(cfg, root)
     log(f"root: {root} ({origin}); preset: {cfg.preset}; run: {cfg.run_name}")
+    silence_known_noise()
     body(cfg, paths)
     return 0

@@ -65,7 +65,8 @@ class ModelConfig:
     """Load the base weights in 8-bit (bitsandbytes LLM.int8), e.g. FLAN-T5 as in the 8-bit
     projects. CUDA only; ignored with a warning on CPU. Not with load_in_4bit."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Compute dtype: `auto` = float32 on CPU, bfloat16 where the GPU supports it, else float16."""
+    """Compute dtype: `auto` = float32 on CPU, bfloat16 where the GPU has it in hardware (L4,
+    A100), else float16 (T4, whose bfloat16 is only emulated). 02, 03 and 04 all use it."""
     max_length: int = 512
     """Longest tokenized example (prompt + description; seq2seq: each of them) used in training;
     longer ones are dropped."""
@@ -226,6 +227,10 @@ class TrainConfig:
     """Warmup: a fraction of the steps (< 1) or a number of steps (>= 1)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    optim: Literal["adamw_torch_fused", "adamw_8bit"] = "adamw_torch_fused"
+    """The optimizer, the same on both backends (Unsloth would pick adamw_8bit by itself):
+    `adamw_torch_fused` (torch's AdamW, fused; what transformers uses by default) or `adamw_8bit`
+    (bitsandbytes' 8-bit AdamW: its two states take a quarter of the memory; also runs on CPU)."""
     overlong: Literal["drop", "truncate", "sentence"] = "drop"
     """A training example longer than model.max_length: `drop` it (every kept example ends with its
     end token, so the model learns when to stop, but only from the shorter descriptions),
@@ -237,7 +242,8 @@ class TrainConfig:
     """NEFTune: uniform noise of this scale added to the input embeddings while training (a
     regulariser for small instruction datasets, e.g. 5; 0 = off). Generation never adds noise."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Training precision: `auto` = fp32 on CPU, bf16 where supported, else fp16."""
+    """Training precision: `auto` = fp32 on CPU; on a GPU the compute dtype's (model.dtype: bf16
+    where the GPU has it in hardware, else fp16)."""
     gradient_checkpointing: bool = False
     """Trade compute for memory (on for the GPU presets, off on CPU where it only slows down)."""
     save_steps: int = 50

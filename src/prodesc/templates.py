@@ -116,6 +116,32 @@ class PromptTemplate:
         return out
 
 
+CHAT_DATE = "26 Jul 2024"
+"""The date every chat prompt is rendered with (the chat template's ``date_string``). Llama 3.x
+chat templates write a date into the system header: today's (``strftime_now``) unless one is
+given, so a prompt would change from day to day between training (02), evaluation (03) and the
+demo (04). This one is the date those templates fall back to when no clock is available; templates
+without a date ignore it. Adapters are trained with it: do not change it."""
+
+CHAT_TEMPLATE_KWARGS = "chat_template_kwargs"
+"""The per-row column TRL (and Unsloth) pass to ``apply_chat_template`` when they render a
+conversational example themselves (:func:`with_fixed_date`)."""
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+    """``tokenizer.apply_chat_template(messages, **kwargs)`` with the fixed :data:`CHAT_DATE`:
+    prodesc renders every chat prompt here, so the prompt never depends on the day."""
+    return tokenizer.apply_chat_template(messages, date_string=CHAT_DATE, **kwargs)
+
+
+def with_fixed_date(ds: Any) -> Any:
+    """``ds`` (prompt/completion rows) as TRL's SFTTrainer renders it with :data:`CHAT_DATE`: for
+    conversational rows, a :data:`CHAT_TEMPLATE_KWARGS` column holding the date; text rows as they are."""
+    if not len(ds) or not isinstance(ds[0]["prompt"], list):
+        return ds
+    return ds.map(lambda _: {CHAT_TEMPLATE_KWARGS: {"date_string": CHAT_DATE}}, desc="fixed chat date")
+
+
 def _check_fields(where: str, part: str, text: str, allowed: set[str], required: str | None) -> None:
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}

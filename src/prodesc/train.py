@@ -18,12 +18,14 @@ train_summary.json, logs/ (TensorBoard, loss_history.csv, loss_curve.png).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import resource
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ RESUME_LOCKED_KEYS = (
     "train.learning_rate",
     "train.lr_scheduler",
     "train.warmup",
+    "train.optim",
     "train.overlong",
     "train.neftune_noise_alpha",
 )
@@ -88,8 +91,14 @@ def _body(cfg: Config, paths: RunPaths) -> None:
         log(f"already trained: {paths.adapter} (overwrite=true to train again)")
         return
     # setup
-    fam = family.for_config(cfg)  # reads config.json only: no transformers import yet
-    backend = models.select_backend(cfg, fam)  # first: Unsloth must be imported before transformers
+    models.import_unsloth_first(cfg)  # before huggingface_hub, transformers, TRL and PEFT
+    fam = family.for_config(cfg)  # reads config.json (a hub model's with huggingface_hub)
+    backend = models.select_backend(cfg, fam)
+    with local_datasets_cache():  # imports datasets, and with it huggingface_hub: after Unsloth
+        _train(cfg, paths, fam, backend)
+
+
+def _train(cfg: Config, paths: RunPaths, fam: family.Family, backend: str) -> None:
     template, data = load_prepared(cfg, paths)
     data_id = prepared_fingerprint(paths)
     dirs = checkpoints.checkpoint_dirs(cfg, paths)
@@ -140,6 +149,23 @@ def _body(cfg: Config, paths: RunPaths) -> None:
 
 
 # --------------------------------------------------------------------------- data
+
+
+@contextlib.contextmanager
+def local_datasets_cache() -> Iterator[None]:
+    """``datasets`` writes what map/filter make (``cache-*.arrow``) next to the data they read: into
+    the prepared data's folder, which is on Drive in Colab. Inside this block they go to a temporary
+    folder on the local disk instead, deleted when the process ends (``datasets``' behaviour with
+    caching off); 02 recomputes them on every run (seconds)."""
+    import datasets
+
+    was_on = datasets.is_caching_enabled()
+    datasets.disable_caching()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_caching()
 
 
 def load_prepared(cfg: Config, paths: RunPaths) -> tuple[templates.PromptTemplate, Any]:
@@ -412,15 +438,16 @@ def _show(value: Any) -> str:
 
 
 def precision_flags(cfg: Config) -> tuple[bool, bool]:
-    """(bf16, fp16) for ``train.precision``: `auto` = fp32 on CPU, bf16 if supported, else fp16."""
+    """(bf16, fp16) for ``train.precision``: `auto` = fp32 on CPU; on a GPU the model's compute
+    dtype (:func:`prodesc.models.compute_dtype`: with model.dtype=auto, bf16 where the GPU has it
+    in hardware, else fp16)."""
     cuda = models.cuda_available()
     choice = cfg.train.precision
     if choice == "auto":
         if not cuda:
             return False, False
-        import torch
-
-        return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
+        name = str(models.compute_dtype(cfg)).removeprefix("torch.")
+        return name == "bfloat16", name == "float16"
     if choice == "fp16" and not cuda:
         raise UserError("train.precision=fp16 needs a GPU: use train.precision=fp32 (or auto) on CPU")
     return choice == "bf16", choice == "fp16"
@@ -452,6 +479,13 @@ def training_args(
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=warmup,
         weight_decay=t.weight_decay,
+        # Stated, not left to the defaults: Unsloth's SFTConfig changes them (unsloth/models/rl.py:
+        # adamw_8bit, logging_nan_inf_filter=False, torch_empty_cache_steps=250), so both backends
+        # train alike. A NaN/inf loss is logged as it is (a diverging fp16 run shows), and the GPU
+        # cache is not emptied during training (transformers' default).
+        optim=t.optim,
+        logging_nan_inf_filter=False,
+        torch_empty_cache_steps=None,
         neftune_noise_alpha=t.neftune_noise_alpha or None,
         bf16=bf16,
         fp16=fp16,
@@ -619,6 +653,7 @@ def train_summary(cfg, trainer, result, backend, args, start_tokens, eval_loss, 
         "model": cfg.model.name,
         "backend": backend,
         "precision": precision_name(args),
+        "optim": str(getattr(args.optim, "value", args.optim)),
         "world_size": args.world_size,
         "steps": state.global_step,
         "epochs": round(float(state.epoch or 0.0), 4),
