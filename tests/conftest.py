@@ -67,8 +67,10 @@ def write_prepared(paths, template_name: str = "chat", n_train: int = 48, n_val:
     prepare(cfg, paths)
 
 
-def build_tiny_model(target: Path) -> Path:
-    """A random 2-layer Llama (hidden 32) + a ~660-token byte-level BPE tokenizer, saved to ``target``."""
+def build_tiny_model(target: Path, hidden_size: int = 32) -> Path:
+    """A random 2-layer Llama (hidden 32) + a ~660-token byte-level BPE tokenizer, saved to ``target``.
+    bitsandbytes' 4-bit layers need ``hidden_size=64`` on some CPUs (its packed CPU format wants
+    in_features >= 64 and out_features a multiple of 32)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -92,7 +94,7 @@ def build_tiny_model(target: Path) -> Path:
     tokenizer.chat_template = CHATML
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
@@ -109,6 +111,12 @@ def build_tiny_model(target: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny64_model_dir(tmp_path_factory) -> Path:
+    """The tiny Llama at hidden size 64, for bitsandbytes' 4-bit layers on CPU."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny64") / "tiny-llama-64", hidden_size=64)
 
 
 TINY_TRAIN = [

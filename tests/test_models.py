@@ -111,17 +111,16 @@ def test_hub_id_passes_through_but_fails_clearly_offline(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- backends
 
 
-def test_cpu_backend_is_hf_fp32_lora_on_all_linear(tiny_model_dir, recwarn):
+def test_cpu_backend_is_hf_fp32_lora_on_all_linear(tiny_model_dir):
     import torch
     from peft import PeftModel
 
     cfg = _cfg(f"model.name={tiny_model_dir}", "model.backend=auto", "model.dtype=auto",
-               "model.load_in_4bit=true", "lora.r=4", "lora.alpha=8")
+               "lora.r=4", "lora.alpha=8")
     assert models.select_backend(cfg) == "hf"
     model, tok, backend = models.load_for_training(cfg, str(tiny_model_dir))
     assert backend == "hf"
     assert isinstance(model, PeftModel)
-    assert any("load_in_4bit is ignored on CPU" in str(w.message) for w in recwarn.list)
     assert next(model.parameters()).dtype == torch.float32
     lora = model.peft_config["default"]
     assert lora.r == 4 and lora.lora_alpha == 8
@@ -131,6 +130,67 @@ def test_cpu_backend_is_hf_fp32_lora_on_all_linear(tiny_model_dir, recwarn):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert tok.pad_token is not None and tok.padding_side == "right"
+
+
+def _layer_types(model) -> set[str]:
+    return {type(m).__name__ for m in model.modules()}
+
+
+@pytest.mark.parametrize("bits, layer", [("4", "Linear4bit"), ("8", "Linear8bitLt")])
+def test_load_in_4bit_or_8bit_on_cpu_uses_bitsandbytes_layers(tiny_model_dir, capsys, bits, layer):
+    import warnings
+
+    cfg = _cfg(f"model.name={tiny_model_dir}", f"model.load_in_{bits}bit=true", "lora.r=4", "lora.alpha=8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "ignored" warning
+        model, _, backend = models.load_for_training(cfg, str(tiny_model_dir), backend="hf")
+    assert backend == "hf"
+    base = model.get_base_model()
+    assert layer in _layer_types(base)  # the base weights are bitsandbytes' quantized layers ...
+    assert base.config.quantization_config.to_dict()[f"load_in_{bits}bit"] is True
+    if bits == "4":
+        assert base.config.quantization_config.bnb_4bit_quant_type == "nf4"
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # ... with LoRA on top
+    err = capsys.readouterr().err
+    assert err.count(f"model.load_in_{bits}bit on CPU: bitsandbytes' {bits}-bit layers run on the CPU") == 1
+
+
+def test_4bit_layers_still_train_right_after_an_evaluation(tiny64_model_dir):
+    """On a CPU with AVX512-BF16 (the build machine), bitsandbytes repacks a 4-bit layer for
+    inference at its first forward without gradients, and its kernel for that layout has no
+    backward: the gradients after an evaluation must equal those before it."""
+    import torch
+
+    cfg = _cfg(f"model.name={tiny64_model_dir}", "model.load_in_4bit=true", "lora.r=4", "lora.dropout=0")
+    model, _, _ = models.load_for_training(cfg, str(tiny64_model_dir), backend="hf")
+    ids = torch.randint(0, 600, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def gradients():
+        model.train()
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    before = gradients()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # what the Trainer's evaluation does
+    after = gradients()
+    assert before.keys() == after.keys() and len(before) == 28
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_without_bitsandbytes_4bit_loading_falls_back_with_a_clear_message(tiny_model_dir, monkeypatch, capsys):
+    # Stand-in for a machine where bitsandbytes cannot be imported: None in sys.modules makes
+    # `import bitsandbytes` raise ImportError.
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    cfg = _cfg(f"model.name={tiny_model_dir}", "model.load_in_4bit=true", "lora.r=4")
+    with pytest.warns(UserWarning, match="model.load_in_4bit is ignored: bitsandbytes cannot be imported"):
+        model, _, _ = models.load_for_training(cfg, str(tiny_model_dir), backend="hf")
+    assert "Linear4bit" not in _layer_types(model)
+    assert not hasattr(model.get_base_model().config, "quantization_config")
+    assert "training LoRA on float32 weights" in capsys.readouterr().err
 
 
 def test_explicit_target_modules(tiny_model_dir):

@@ -60,10 +60,13 @@ class ModelConfig:
     backend: Literal["auto", "unsloth", "hf"] = "auto"
     """`auto`: Unsloth on CUDA when importable, else transformers+PEFT; `unsloth` or `hf` to force one."""
     load_in_4bit: bool = False
-    """Load the base weights in 4-bit NF4 (QLoRA). CUDA only; ignored with a warning on CPU."""
+    """Load the base weights in 4-bit NF4 (QLoRA, bitsandbytes). On CPU too, where it is no faster
+    than float32 LoRA (the tests run the GPU presets' path there); ignored with a warning where
+    bitsandbytes cannot run."""
     load_in_8bit: bool = False
     """Load the base weights in 8-bit (bitsandbytes LLM.int8), e.g. FLAN-T5 as in the 8-bit
-    projects. CUDA only; ignored with a warning on CPU. Not with load_in_4bit."""
+    projects. On CPU too; ignored with a warning where bitsandbytes cannot run. Not with
+    load_in_4bit."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Compute dtype: `auto` = float32 on CPU, bfloat16 where the GPU has it in hardware (L4,
     A100), else float16 (T4, whose bfloat16 is only emulated). 02, 03 and 04 all use it."""

@@ -115,6 +115,8 @@ def _train(cfg: Config, paths: RunPaths, fam: family.Family, backend: str) -> No
     check_template_fits(template, tokenizer, cfg)
     data, dropped = drop_overlong(data, tokenizer, cfg.model.max_length, fam, cfg.train.overlong)
     trainer = build_trainer(cfg, paths, dirs, args, model, tokenizer, data, fam)
+    if backend == "hf":
+        models.adapter_in_float32(trainer.model)  # as a resume loads it; Unsloth's path is left as it sets it up
     start_tokens = checkpoints.tokens_in_checkpoint(resume)
 
     # train
