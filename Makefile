@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (see README):
 #   make local   install into .venv, then run the pipeline on the embedded model + bundled sample
 #   make test    install into .venv, then run the test suite (what .ci/run runs)
+#   make test-fast   the same without the tests marked slow (end-to-end runs of real models)
 #   make colab-bundle   prodesc-code.zip: the code to upload to MyDrive/prodesc/ for the notebook
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ROOT   ?= artifacts
 
-.PHONY: install local test colab-bundle
+.PHONY: install local test test-fast colab-bundle
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ local: install
 
 test: install
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 # What the Colab notebook needs (no tests, benchmarks or docs), from this checkout as it is now,
 # under one folder prodesc/; written to a temporary name first, then renamed.
