@@ -67,8 +67,10 @@ def write_prepared(paths, template_name: str = "chat", n_train: int = 48, n_val:
     prepare(cfg, paths)
 
 
-def build_tiny_model(target: Path) -> Path:
-    """A random 2-layer Llama (hidden 32) + a ~660-token byte-level BPE tokenizer, saved to ``target``."""
+def build_tiny_model(target: Path, init_std: float = 0.02) -> Path:
+    """A random 2-layer Llama (hidden 32) + a ~660-token byte-level BPE tokenizer, saved to ``target``.
+    ``init_std``: the weights' standard deviation; with transformers' default 0.02 its greedy output is
+    newlines (empty text), with 0.2 it writes different text for different titles."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -95,7 +97,7 @@ def build_tiny_model(target: Path) -> Path:
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=init_std,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
