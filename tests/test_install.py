@@ -421,7 +421,7 @@ def test_unsloth_for_the_cpu_test_is_colabs() -> None:
     colab = pins(install.COLAB_REQUIREMENTS)
     local = {r.key: r.pinned for r in install.UNSLOTH_CPU}
     assert local["unsloth"] == colab["unsloth"] and local["unsloth-zoo"] == colab["unsloth-zoo"]
-    freeze = REPO.parent / "shared" / "data" / "colab" / "pip-freeze.gpu.txt"  # Google's list (not in the repo)
+    freeze = REPO.parent / "shared" / "data" / "colab" / "pip-freeze.gpu.txt"  # Google's list, not in git
     if freeze.is_file():
         colab_triton = re.search(r"^triton==(\S+)$", freeze.read_text(), re.M)
         assert colab_triton and local["triton"] == colab_triton.group(1)
