@@ -67,10 +67,12 @@ def write_prepared(paths, template_name: str = "chat", n_train: int = 48, n_val:
     prepare(cfg, paths)
 
 
-def build_tiny_model(target: Path, hidden_size: int = 32) -> Path:
+def build_tiny_model(target: Path, hidden_size: int = 32, init_std: float = 0.02) -> Path:
     """A random 2-layer Llama (hidden 32) + a ~660-token byte-level BPE tokenizer, saved to ``target``.
     bitsandbytes' 4-bit layers need ``hidden_size=64`` on some CPUs (its packed CPU format wants
-    in_features >= 64 and out_features a multiple of 32)."""
+    in_features >= 64 and out_features a multiple of 32). ``init_std``: the weights' standard
+    deviation; with transformers' default 0.02 its greedy output is newlines (empty text), with 0.2
+    it writes different text for different titles."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -97,7 +99,7 @@ def build_tiny_model(target: Path, hidden_size: int = 32) -> Path:
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=init_std,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

