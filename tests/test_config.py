@@ -108,7 +108,7 @@ def test_every_shipped_preset_loads_and_round_trips(name):
 
 def test_presets_shipped_are_the_ones_the_product_needs():
     # four by hardware, the FLAN-T5 (seq2seq) preset of the earlier projects, and the CPU recipe
-    # tuned on real rows (README "Results")
+    # tuned on real rows (docs/results.md)
     assert C.preset_names() == ["a100", "cpu", "cpu-quality", "flan-t5-base", "l4", "t4"]
     cpu = C.load_config("cpu")
     assert cpu.model.name == C.EMBEDDED_MODEL and cpu.data.source == "bundled"
@@ -209,3 +209,37 @@ def test_the_cpu_quick_run_is_sized_for_two_cores():
     assert (cfg.train.max_steps, cfg.eval.rows, cfg.data.subsample) == (5, 8, 5 * 8 + 16)
     with pytest.raises(ConfigError, match="quick_steps"):
         C.load_config("cpu", ["quick=true", "quick_steps=0"])
+
+
+def test_gpu_presets_hold_only_what_differs_from_their_shared_base():
+    assert "_gpu" not in C.preset_names()  # a base, not offered as a preset
+    shared = C.read_yaml(C.PRESETS_DIR / "_gpu.yaml")
+    for name in ("t4", "l4", "a100"):
+        raw = C.read_yaml(C.PRESETS_DIR / f"{name}.yaml")
+        assert raw["base"] == "_gpu", name
+        cfg = C.load_config(name)
+        for key, value in C._flatten(shared, "_gpu"):  # every shared value reaches the preset...
+            section, sub = key.split(".")
+            assert getattr(getattr(cfg, section), sub) == value or key.split(".")[1] in raw.get(section, {}), (name, key)
+        default = C.Config().to_dict()  # ...and the preset restates no default
+        for section, values in raw.items():
+            if isinstance(values, dict):
+                for sub, value in values.items():
+                    assert default[section][sub] != value, f"{name}: {section}.{sub} restates its default"
+
+
+def test_a_preset_file_of_your_own_can_build_on_a_shipped_one(tmp_path):
+    mine = write_preset(tmp_path, "base: t4\ntrain:\n  batch_size: 4\n")
+    cfg, t4 = C.load_config(mine, ["eval.rows=7"]), C.load_config("t4")
+    assert (cfg.train.batch_size, cfg.eval.rows, cfg.preset) == (4, 7, "mine")
+    assert (cfg.model, cfg.data, cfg.eval.repetition_penalty) == (t4.model, t4.data, t4.eval.repetition_penalty)
+    with pytest.raises(ConfigError, match="base 'nope' is not a file in"):
+        C.load_config(write_preset(tmp_path, "base: nope\n"))
+
+
+def test_bases_that_lead_back_to_themselves_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "PRESETS_DIR", tmp_path)
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    (tmp_path / "b.yaml").write_text("base: a\n")
+    with pytest.raises(ConfigError, match="base 'a' leads back to itself"):
+        C.load_config("a")

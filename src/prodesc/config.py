@@ -681,7 +681,28 @@ def _flatten(mapping: dict[str, Any], where: str) -> list[tuple[str, Any]]:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    """The shipped presets; a file whose name starts with `_` is a base that presets build on."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+BASE_KEY = "base"
+"""A preset file's first key may name a shipped preset or base (`base: _gpu`): its values are
+loaded first, and the file holds only what differs."""
+
+
+def preset_items(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of a preset file, its base's first (see :data:`BASE_KEY`)."""
+    data = read_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    items: list[tuple[str, Any]] = []
+    if base is not None:
+        base_path = PRESETS_DIR / f"{base}.yaml"
+        if not isinstance(base, str) or not base_path.is_file():
+            raise ConfigError(f"{path}: base {base!r} is not a file in {PRESETS_DIR}: name one of its .yaml files")
+        if base_path.resolve() in seen:
+            raise ConfigError(f"{path}: base '{base}' leads back to itself")
+        items = preset_items(base_path, (*seen, Path(path).resolve()))
+    return items + _flatten(data, str(path))
 
 
 def preset_path(preset: str) -> Path:
@@ -744,7 +765,7 @@ def load_config(
             announce(f"no --preset given: found {what}, using preset '{preset}'")
     path = preset_path(preset)
     tree = Config().to_dict()
-    for key, value in _flatten(read_yaml(path), str(path)):
+    for key, value in preset_items(path):
         _apply(tree, key, value, from_text=False)
     for item in overrides:
         key, sep, value = item.partition("=")
