@@ -181,7 +181,7 @@ def test_make_colab_bundle_packs_what_the_notebook_needs(tmp_path):
     out = subprocess.run(["make", "-s", "colab-bundle"], cwd=clone, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     names = set(zipfile.ZipFile(clone / "prodesc-code.zip").namelist())
-    for needed in ("src/01_prepare.py", "src/prodesc/config.py", "configs/t4.yaml", "requirements-colab.txt",
+    for needed in ("src/01_prepare.py", "src/prodesc/config.py", "configs/t4.yaml", "configs/_gpu.yaml", "requirements-colab.txt",
                    "colab/launcher.ipynb", "src/prodesc/data/sample_trn.jsonl"):
         assert f"prodesc/{needed}" in names, needed
     assert not [n for n in names if n.startswith(("prodesc/tests/", "prodesc/bench/")) or "__pycache__" in n]
