@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import json
 import resource
-import signal
-import subprocess
 import time
 from dataclasses import replace
 
 import pytest
 
 from conftest import (
-    EVAL_OVERRIDES, PYTHON, run_stage_subprocess, stage_env, stage_paths, tiny_overrides,
+    EVAL_OVERRIDES, run_stage_subprocess, stage_paths, tiny_overrides,
     write_prepared,
 )
 from prodesc import checkpoints, demo, merge, models, train
 from test_seq2seq import build_tiny_t5, t5_overrides
-from test_train import SLOW_STEPS, adapter_tensors, max_abs_diff
+from test_train import adapter_tensors, kill_02_after, max_abs_diff
 
 QLORA = [
     "model.load_in_4bit=true", "model.dtype=bfloat16",  # the a100/l4 presets' settings
@@ -98,18 +96,7 @@ def test_4bit_path_end_to_end_on_cpu(tiny64_model_dir, tmp_path, capsys):
 
     # 02 killed with SIGKILL after its first checkpoint, then the same command again
     start = time.monotonic()
-    proc = subprocess.Popen([PYTHON, "-c", SLOW_STEPS, "--preset", "cpu", *killed], env=stage_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    try:
-        while not (paths.checkpoints / "checkpoint-2" / "trainer_state.json").is_file():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        time.sleep(0.6)  # somewhere in step 3
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_02_after(paths.checkpoints / "checkpoint-2", killed)
     assert not paths.adapter.exists()
     assert [p.name for p in checkpoints.list_checkpoints(paths.checkpoints)][0] == "checkpoint-2"
     out = run_stage_subprocess("02_sft_qlora.py", killed, timeout=300)

@@ -9,20 +9,17 @@ every input and has no chat template (pad 0, </s> 1, decoder start = pad).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import (
-    EVAL_OVERRIDES, PYTHON, run_stage_subprocess, stage_env, stage_paths, synthetic_rows, tiny_overrides,
+    EVAL_OVERRIDES, run_stage_subprocess, stage_paths, synthetic_rows, tiny_overrides,
     write_prepared, write_tiny_adapter,
 )
 from prodesc import checkpoints, config, family, generate, merge, models, train, trainlog
 from prodesc.errors import ConfigError, UserError
-from test_train import SLOW_STEPS, adapter_tensors, max_abs_diff
+from test_train import adapter_tensors, kill_02_after, max_abs_diff
 
 T5_LORA = "lora.target_modules=q,k,v,o,wi_0,wi_1,wo"
 
@@ -261,18 +258,7 @@ def test_training_writes_the_same_artifacts_as_the_causal_path(t5_run):
 def test_sigkill_then_rerun_resumes_to_the_same_t5_adapter(t5_run, tiny_t5_dir, tmp_path):
     _, reference = t5_run
     killed, _, paths = prepared_t5_run(tiny_t5_dir, tmp_path / "root")
-    proc = subprocess.Popen([PYTHON, "-c", SLOW_STEPS, "--preset", "cpu", *killed], env=stage_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    try:
-        while not (paths.checkpoints / "checkpoint-3" / "trainer_state.json").is_file():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        time.sleep(0.6)  # somewhere in step 4 or 5
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_02_after(paths.checkpoints / "checkpoint-3", killed)
     assert not paths.adapter.exists()
 
     out = run_stage_subprocess("02_sft_qlora.py", killed, timeout=300)  # the same command again

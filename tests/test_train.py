@@ -469,24 +469,30 @@ SLOW_STEPS = (
 """Runs the stage with each step slowed down, so the test can kill it between two checkpoints."""
 
 
+def kill_02_after(checkpoint: Path, overrides: list[str]) -> None:
+    """Run 02 (each step slowed down) with the cpu preset and ``overrides``, and SIGKILL it about
+    a step after ``checkpoint`` is complete (its trainer_state.json written)."""
+    proc = subprocess.Popen([PYTHON, "-c", SLOW_STEPS, "--preset", "cpu", *overrides], env=stage_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    try:
+        while not (checkpoint / "trainer_state.json").is_file():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        time.sleep(0.6)  # somewhere in the next step or the one after
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def test_sigkill_then_rerun_resumes_to_the_same_adapter(finished_run, tiny_model_dir, tmp_path):
     overrides, reference = finished_run  # the uninterrupted run
     root = tmp_path / "root"
     killed = tiny_overrides(tiny_model_dir, root)
     _, paths = stage_paths(killed)
     write_prepared(paths)
-    proc = subprocess.Popen([PYTHON, "-c", SLOW_STEPS, "--preset", "cpu", *killed], env=stage_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    try:
-        while not (paths.checkpoints / "checkpoint-3" / "trainer_state.json").is_file():
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.time() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-        time.sleep(0.6)  # somewhere in step 4 or 5
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_02_after(paths.checkpoints / "checkpoint-3", killed)
     assert not paths.adapter.exists()
     assert [p.name for p in checkpoints.list_checkpoints(paths.checkpoints)][0] == "checkpoint-3"
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from prodesc.atomic import write_bytes, write_text
+from prodesc.cli import log
 
 HISTORY_FIELDS = ("step", "epoch", "train_loss", "eval_loss")
 
@@ -141,7 +141,6 @@ def eta_callback(describe: Callable[[float, int, int], str], after_steps: int = 
             if timed >= after_steps or (timed and state.global_step >= state.max_steps):
                 self.done = True
                 per_step = (time.perf_counter() - self.start) / timed
-                print(f"[prodesc] {describe(per_step, state.global_step, state.max_steps)}",
-                      file=sys.stderr, flush=True)
+                log(describe(per_step, state.global_step, state.max_steps))
 
     return StepTimer()
