@@ -1,6 +1,6 @@
 """Kill trials: SIGKILL the stages at random moments, re-run them, and check the results.
 
-    python bench/kill_trials.py [--trials-02 24] [--trials-01 4] [--trials-03 4] [--mbr-03 N]
+    python bench/kill_trials.py [--trials-02 24] [--trials-01 4] [--trials-03 4] [--sample-03]
                                 [--seed 0] [--workdir DIR] [--keep]
 
 What a disconnected Colab runtime does to a stage, done on purpose, many times:
@@ -24,9 +24,8 @@ What a disconnected Colab runtime does to a stage, done on purpose, many times:
 - **03 (merge + evaluate)**: killed at a random delay, while merged_fp16/ is built, during
   generation, or while the reports are written; merged_fp16/ must be absent or complete and every
   CSV/JSON/HTML/PNG present must be whole; a re-run must write the same side_by_side.csv and
-  metrics as an uninterrupted run. With ``--mbr-03 N`` 03 samples N candidates per title and adds
-  the greedy one (``eval.mbr_samples``, ``eval.mbr_greedy``, as ``cpu-quality`` does), so a run
-  killed while generating must also go on sampling where it stopped.
+  metrics as an uninterrupted run. With ``--sample-03`` 03 samples (``eval.do_sample=true``), so a
+  run killed while generating must also go on sampling where it stopped.
 
 Prints one line per trial (stage, moment, what was on disk, outcome) and the totals; exits 1 when
 any trial fails. The tiny model and data come from tests/conftest.py; everything is written under
@@ -702,10 +701,10 @@ def _parses(line: str) -> bool:
 
 
 def trials_03(trained: Path, work: Path, n: int, rng: random.Random, say: Callable[[str], None],
-              report: Report, mbr: int = 0) -> None:
+              report: Report, sample: bool = False) -> None:
     ref_root = work / "ref03"
     shutil.copytree(trained, ref_root)
-    eval_03 = [*EVAL_03, *([f"eval.mbr_samples={mbr}", "eval.mbr_greedy=true"] if mbr else [])]
+    eval_03 = [*EVAL_03, *(["eval.do_sample=true"] if sample else [])]
     ref_args = [f"paths.root={ref_root}", *TRAIN_02, *MODEL_ARG, *eval_03]
     start = time.monotonic()
     rc, stage = run_to_end("03_merge_fp16.py", ref_args, work / "ref03.log")
@@ -714,7 +713,7 @@ def trials_03(trained: Path, work: Path, n: int, rng: random.Random, say: Callab
         raise RuntimeError(f"the uninterrupted 03 run failed: {stage.last_error()}")
     ref = stage_paths(ref_args)
     rows = int(EVAL_03[0].split("=")[1])
-    say(f"03 uninterrupted{f' (eval.mbr_samples={mbr})' if mbr else ''}: {total:.1f} s")
+    say(f"03 uninterrupted{' (eval.do_sample=true)' if sample else ''}: {total:.1f} s")
     for i in range(1, n + 1):
         root = work / f"m03-{i}"
         shutil.copytree(trained, root)
@@ -767,9 +766,9 @@ MODEL_ARG: list[str] = []
 
 def run_trials(workdir: Path, n02: int = 24, n01: int = 4, n03: int = 4, seed: int = 0,
                model_dir: Path | None = None, say: Callable[[str], None] | None = None,
-               mbr_03: int = 0) -> Report:
+               sample_03: bool = False) -> Report:
     """Run the kill trials under ``workdir``; return the report (the test calls this).
-    ``mbr_03``: eval.mbr_samples for 03 (0: greedy)."""
+    ``sample_03``: 03 samples (eval.do_sample=true) instead of decoding greedily."""
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     rng = random.Random(seed)
     report = Report()
@@ -816,7 +815,7 @@ def run_trials(workdir: Path, n02: int = 24, n01: int = 4, n03: int = 4, seed: i
         if n02 > 0:
             trials_02(base, work, ref, timing, n02, rng, say, report)
         if n03 > 0:
-            trials_03(ref_root, work, n03, rng, say, report, mbr_03)
+            trials_03(ref_root, work, n03, rng, say, report, sample_03)
     if n01 > 0:
         trials_01(work, n01, rng, say, report)
     report.seconds = time.monotonic() - start
@@ -831,8 +830,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials-02", type=int, default=24, help="kills of 02 in all (default 24)")
     ap.add_argument("--trials-01", type=int, default=4, help="kills of 01 (default 4)")
     ap.add_argument("--trials-03", type=int, default=4, help="kills of 03 (default 4)")
-    ap.add_argument("--mbr-03", type=int, default=0, metavar="N",
-                    help="03 samples N candidates per title (eval.mbr_samples; default 0: greedy)")
+    ap.add_argument("--sample-03", action="store_true",
+                    help="03 samples (eval.do_sample=true; default: greedy)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
     ap.add_argument("--workdir", help="folder for the runs (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs of every run)")
@@ -841,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below runs
     try:
         report = run_trials(work, args.trials_02, args.trials_01, args.trials_03, args.seed,
-                            mbr_03=args.mbr_03)
+                            sample_03=args.sample_03)
     finally:
         stop_all()
         if not args.keep and not args.workdir:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import stage_paths, tiny_overrides, write_prepared, write_tiny_adapter
+from conftest import stage_paths, tiny_overrides, write_tiny_adapter
 from prodesc import demo
 
 TITLES = ["Acme Compact Water Bottle 500 ml", "Zen Soft Yoga Mat 200 ml"]
@@ -196,27 +196,6 @@ def test_decoding_knobs_reach_generate(adapter_run, capsys, monkeypatch):
     assert run([*overrides, *SAMPLE, "eval.top_p=0.9"], "--no-base", TITLES[0]) == 0
     (call,) = spy.calls
     assert call["do_sample"] is True and call["temperature"] == 1.5 and call["top_p"] == 0.9
-
-
-def test_mbr_references_read_the_training_split(adapter_run, capsys, monkeypatch):
-    """eval.mbr_references in the demo: without prepared data a one-line error that names the
-    setting (exit 2); with it, each choice compares the candidates with the run's training
-    descriptions (the same sample 03 uses)."""
-    from prodesc import metrics
-    from prodesc.prepare import reference_descriptions
-
-    overrides, paths = adapter_run
-    mbr = [*overrides, "eval.mbr_samples=2", "eval.mbr_references=3"]
-    assert run(mbr, "--no-base", TITLES[0]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: eval.mbr_references=3 reads the training split: no prepared data")
-    write_prepared(paths)
-    seen: list[tuple[str, ...]] = []
-    real = metrics.mbr_choice
-    monkeypatch.setattr(metrics, "mbr_choice", lambda c, m, r=(): seen.append(tuple(r)) or real(c, m, r))
-    assert run(mbr, "--no-base", TITLES[0]) == 0
-    cfg, _ = stage_paths(mbr)
-    assert seen == [tuple(reference_descriptions(paths, 3, cfg.seed))]
 
 
 # --------------------------------------------------------------------------- model sources

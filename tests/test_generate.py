@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 
 from conftest import write_tiny_adapter
-from prodesc import metrics
-from prodesc.config import ConfigError, EvalConfig
-from prodesc.errors import UserError
+from prodesc.config import EvalConfig
 from prodesc.generate import (
     GenerationCache,
     GenSettings,
@@ -87,39 +84,14 @@ def test_settings_come_from_eval_config():
     assert "batch_size" not in s.decoding()
 
 
-def test_length_knobs_leave_old_cache_keys_alone():
-    """min_new_tokens and eos_bias joined the settings later: while they are off, the key holds
-    exactly the settings it held before, so generations cached then are still reused."""
-    before = {"max_new_tokens", "num_beams", "do_sample", "temperature", "top_p", "top_k",
-              "repetition_penalty", "no_repeat_ngram_size"}
-    assert set(GenSettings(stop_at_turn=False).decoding()) == before
-    before |= {"stop_at_turn"}  # on by default, so the key names it: outputs may differ
-    assert set(GenSettings().decoding()) == before
-    knobs_on = GenSettings(min_new_tokens=4, eos_bias=-1.0)
-    assert set(knobs_on.decoding()) == before | {"min_new_tokens", "eos_bias"}
-    assert set(GenSettings(mbr_metric="chrf").decoding()) == before  # no candidates: no metric
-    mbr = GenSettings(mbr_samples=4, mbr_metric="chrf")
-    assert set(mbr.decoding()) == before | {"mbr_samples", "mbr_metric"}
-    assert set(GenSettings(mbr_references=5).decoding()) == before  # no candidates: no references
-    assert set(GenSettings(mbr_samples=4, mbr_metric="chrf", mbr_references=5).decoding()) == before | {
-        "mbr_samples", "mbr_metric", "mbr_references"}
-    assert set(GenSettings(mbr_greedy=True).decoding()) == before  # no candidates: nothing to join
-    assert not GenSettings(mbr_greedy=True).greedy_candidate
-    with_greedy = GenSettings(mbr_samples=4, mbr_greedy=True)
-    assert with_greedy.greedy_candidate and set(with_greedy.decoding()) == set(mbr.decoding()) | {"mbr_greedy"}
-    assert set(GenSettings(mbr_samples=4).decoding()) == set(mbr.decoding())  # off: the key of older caches
-
-
 def test_sampling_knobs_key_only_sampled_outputs():
     """Without sampling, temperature/top_p/top_k change nothing, so a greedy cache is reused
-    whatever they say (and keys as before they were neutralised, with the defaults); with
-    sampling, or with MBR's candidates, each of them is part of the key."""
+    whatever they say (keyed with the defaults); with sampling each of them is part of the key."""
     greedy = GenSettings()
     for knob in ({"temperature": 0.3}, {"top_p": 0.5}, {"top_k": 7}):
         assert GenSettings(**knob).decoding() == greedy.decoding()
         assert GenSettings(num_beams=2, **knob).decoding() == GenSettings(num_beams=2).decoding()
         assert GenSettings(do_sample=True, **knob).decoding() != GenSettings(do_sample=True).decoding()
-        assert GenSettings(mbr_samples=4, **knob).decoding() != GenSettings(mbr_samples=4).decoding()
     assert {k: greedy.decoding()[k] for k in ("temperature", "top_p", "top_k")} == {
         "temperature": EvalConfig.temperature, "top_p": EvalConfig.top_p, "top_k": EvalConfig.top_k}
 
@@ -130,7 +102,6 @@ def test_every_knob_reaches_generate(tiny):
     s = GenSettings(
         max_new_tokens=3,
         min_new_tokens=2,
-        eos_bias=-1.5,
         do_sample=True,
         temperature=0.5,
         top_p=0.8,
@@ -155,16 +126,15 @@ def test_every_knob_reaches_generate(tiny):
     ]:
         assert kw[key] == value, key
     assert kw["pad_token_id"] == tok.pad_token_id and tok.eos_token_id in kw["eos_token_id"]
-    assert kw["sequence_bias"] == {(i,): -1.5 for i in kw["eos_token_id"]}
     greedy = generate_kwargs(GenSettings(), tok, model)
     assert greedy["do_sample"] is False and greedy["temperature"] is None
-    assert "min_new_tokens" not in greedy and "sequence_bias" not in greedy  # off: left to the model
+    assert "min_new_tokens" not in greedy and "num_return_sequences" not in greedy  # off: left to the model
 
 
 def test_length_knobs_on_a_model_that_stops_at_once(tiny_model_dir):
     """A tiny model whose output layer always prefers the end token (+100) stops at its first
     token; min_new_tokens blocks the end token, so every row gets exactly that many tokens, then
-    ends; eos_bias shifts the end token's logit."""
+    ends."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -183,12 +153,6 @@ def test_length_knobs_on_a_model_that_stops_at_once(tiny_model_dir):
     describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, min_new_tokens=6), progress=False)
     for row in calls[-1]:
         assert len(row) == 7 and tok.eos_token_id not in row[:6] and row[6] == tok.eos_token_id, row
-    describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, eos_bias=-200.0),
-             progress=False)  # outweighs the head's +100: the text never ends
-    assert all(len(row) == 12 and tok.eos_token_id not in row for row in calls[-1]), calls[-1]
-    describe(wrapped, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=12, eos_bias=-50.0),
-             progress=False)  # a smaller push: the end stays the likeliest token
-    assert calls[-1] == [[tok.eos_token_id]] * len(TITLES)
 
 
 def test_turn_tokens_end_the_text_and_wait_for_min_new_tokens(tiny_model_dir):
@@ -235,7 +199,7 @@ def test_turn_tokens_of_other_chat_formats_and_none_without_one(tiny_model_dir):
     tok.chat_template = None
     assert turn_token_ids(tok) == [] and generate_kwargs(GenSettings(), tok)["eos_token_id"] == [tok.eos_token_id]
     assert GenSettings().decoding()["stop_at_turn"] is True
-    assert "stop_at_turn" not in GenSettings(stop_at_turn=False).decoding()  # off: the keys of older caches
+    assert GenSettings(stop_at_turn=False).decoding()["stop_at_turn"] is False
 
 
 def test_output_scope_penalty_uses_the_built_in_arithmetic():
@@ -287,8 +251,7 @@ def test_repetition_scope_decides_whether_the_title_counts(tiny_model_dir):
         assert wrapped.new_ids[-1][0][:2] == first, scope
         assert tok.eos_token_id not in wrapped.new_ids[-1][0][:2], scope
     assert wrapped.kwargs[-1]["repetition_penalty"] == 1.0  # replaced, not applied twice
-    assert "repetition_scope" in GenSettings(repetition_scope="output").decoding()
-    assert "repetition_scope" not in GenSettings().decoding()  # default: old cache keys hold
+    assert GenSettings(repetition_scope="output").decoding() != GenSettings().decoding()
 
 
 def test_length_knobs_are_checked():
@@ -297,8 +260,6 @@ def test_length_knobs_are_checked():
     for bad in (-1, 160, 500):
         with pytest.raises(ConfigError, match="eval.min_new_tokens"):
             EvalConfig(max_new_tokens=160, min_new_tokens=bad)
-    with pytest.raises(ConfigError, match="eval.eos_bias"):
-        EvalConfig(eos_bias=float("-inf"))
     assert EvalConfig(max_new_tokens=160, min_new_tokens=159).min_new_tokens == 159
 
 
@@ -380,7 +341,6 @@ def test_changed_setting_starts_a_new_cache_and_old_one_comes_back(tmp_path):
     assert k1 != k2
     assert k1 == cache_key({"name": "m"}, GenSettings(max_new_tokens=5, batch_size=99), t)
     assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5, min_new_tokens=2), t)
-    assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5, eos_bias=-1.0), t)
     assert k1 != cache_key({"name": "m"}, GenSettings(max_new_tokens=5), BUILTIN["descfmt"])
     c1 = GenerationCache(tmp_path, "m", k1)
     c1.add([{"row": 0, "uid": "U0", "title": "a", "output": "one", "raw": "one"}])
@@ -394,120 +354,14 @@ def test_changed_setting_starts_a_new_cache_and_old_one_comes_back(tmp_path):
     assert GenerationCache(tmp_path, "m", k2).get(0, "another title") is None  # data changed: regenerate
 
 
-def test_mbr_settings_are_checked():
-    with pytest.raises(ConfigError, match="eval.mbr_samples' must be 0 .off. or at least 2"):
-        EvalConfig(mbr_samples=1)
-    with pytest.raises(ConfigError, match="eval.mbr_samples' needs eval.num_beams=1"):
-        EvalConfig(mbr_samples=4, num_beams=2)
-    assert EvalConfig(mbr_samples=4).mbr_samples == 4
+def test_only_beam_search_cannot_stream():
     assert GenSettings().streams and GenSettings(do_sample=True).streams
-    assert not GenSettings(num_beams=2).streams and not GenSettings(mbr_samples=2).streams
-
-
-def test_mbr_candidates_are_sampled_without_do_sample(tiny):
-    """eval.mbr_samples samples its candidates whatever eval.do_sample says, so turning it off
-    (eval.mbr_samples=0) gives back greedy decoding, not plain sampling."""
-    model, tok = tiny
-    kw = generate_kwargs(GenSettings(mbr_samples=4, temperature=0.7, top_p=0.9, top_k=0), tok, model)
-    assert (kw["do_sample"], kw["num_return_sequences"], kw["temperature"], kw["top_p"], kw["top_k"]) == (
-        True, 4, 0.7, 0.9, 0)
-    off = generate_kwargs(GenSettings(mbr_samples=0, temperature=0.7), tok, model)
-    assert off["do_sample"] is False and off["temperature"] is None and "num_return_sequences" not in off
-
-
-def test_mbr_samples_returns_each_titles_chosen_candidate(tiny, monkeypatch):
-    """3 sampled candidates per title, 6 // 3 = 2 titles a batch; each title gets the candidate
-    metrics.mbr_choice picks from its own 3 (a spy records what it was given)."""
-    model, tok = tiny
-    wrapped = CountingModel(model)
-    given: list[tuple[list[str], str]] = []
-    real = metrics.mbr_choice
-
-    def spy(candidates, metric, references=()):
-        assert references == ()  # eval.mbr_references is off: the candidates are compared with each other
-        given.append((list(candidates), metric))
-        return real(candidates, metric)
-
-    monkeypatch.setattr(metrics, "mbr_choice", spy)
-    s = GenSettings(max_new_tokens=8, mbr_samples=3, mbr_metric="chrf", batch_size=6)
-    out = describe(wrapped, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=1)
-    assert [kw["input_ids"].shape[0] for kw in wrapped.kwargs] == [2, 2, 1]
-    assert all(kw["num_return_sequences"] == 3 for kw in wrapped.kwargs)
-    groups = [
-        tok.batch_decode(ids[k : k + 3], skip_special_tokens=True)
-        for ids in wrapped.new_ids
-        for k in range(0, len(ids), 3)
-    ]
-    assert [g for g, _ in given] == groups and {m for _, m in given} == {"chrf"}
-    assert any(len(set(g)) > 1 for g in groups)  # the candidates differ: there is a choice
-    picks = [BUILTIN["chat"].extract(g[real(g, "chrf")]) for g in groups]
-    prompts = render_prompts(tok, BUILTIN["chat"], TITLES)  # generated longest first
-    order = sorted(range(len(TITLES)), key=lambda i: -len(tok(prompts[i])["input_ids"]))
-    assert [out[i] for i in order] == picks  # each title got the pick from its own candidates
-
-
-def test_mbr_greedy_adds_the_greedy_output_as_the_last_candidate(tiny, monkeypatch):
-    """eval.mbr_greedy: each title's candidates are the same 3 sampled texts as without it, then
-    the text greedy decoding gives on the same batch (a second generate call, no sampling)."""
-    model, tok = tiny
-    given: list[list[str]] = []
-    real = metrics.mbr_choice
-
-    def spy(candidates, metric, references=()):
-        given.append(list(candidates))
-        return real(candidates, metric, references)
-
-    monkeypatch.setattr(metrics, "mbr_choice", spy)
-    s = GenSettings(max_new_tokens=8, mbr_samples=3, batch_size=6)  # 2 titles a batch
-    describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=1)
-    sampled, given[:] = list(given), []
-    wrapped = CountingModel(model)
-    with_greedy = dataclasses.replace(s, mbr_greedy=True)
-    out = describe(wrapped, tok, BUILTIN["chat"], TITLES, with_greedy, progress=False, seed=1)
-    assert [len(g) for g in given] == [4] * len(TITLES)
-    assert [g[:3] for g in given] == sampled  # the greedy call draws no random numbers
-    calls = [(kw["input_ids"].shape[0], kw["do_sample"], kw.get("num_return_sequences")) for kw in wrapped.kwargs]
-    assert calls == [(2, True, 3), (2, False, None), (2, True, 3), (2, False, None), (1, True, 3), (1, False, None)]
-    greedy = describe(model, tok, BUILTIN["chat"], TITLES, GenSettings(max_new_tokens=8, batch_size=2), progress=False)
-    prompts = render_prompts(tok, BUILTIN["chat"], TITLES)  # generated longest first
-    order = sorted(range(len(TITLES)), key=lambda i: -len(tok(prompts[i])["input_ids"]))
-    assert [BUILTIN["chat"].extract(g[3]) for g in given] == [greedy[i] for i in order]
-    assert [out[i] for i in order] == [BUILTIN["chat"].extract(g[real(g, "rougeL")]) for g in given]
-
-
-def test_mbr_references_replace_the_other_candidates(tiny, monkeypatch):
-    """eval.mbr_references: every choice compares the candidates with the descriptions passed in,
-    the output is that choice, the texts key the cache, and forgetting to pass them is a bug that
-    stops at once rather than falling back to plain MBR."""
-    model, tok = tiny
-    refs = ["A stainless steel bottle that keeps drinks cold.", "Soft cotton socks for everyday wear."]
-    given: list[tuple[list[str], tuple[str, ...]]] = []
-    real = metrics.mbr_choice
-
-    def spy(candidates, metric, references=()):
-        given.append((list(candidates), tuple(references)))
-        return real(candidates, metric, references)
-
-    monkeypatch.setattr(metrics, "mbr_choice", spy)
-    s = GenSettings(max_new_tokens=8, mbr_samples=3, mbr_references=2, batch_size=3)
-    assert s.references == 2 and GenSettings(mbr_references=2).references == 0
-    out = describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=1, references=refs)
-    assert len(given) == len(TITLES) and {r for _, r in given} == {tuple(refs)}
-    picks = {BUILTIN["chat"].extract(c[real(c, "rougeL", refs)]) for c, _ in given}
-    assert set(out) == picks
-    with pytest.raises(ValueError, match="no reference descriptions"):
-        describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=1)
-    t, ident = BUILTIN["chat"], {"name": "m"}
-    assert cache_key(ident, s, t, 1, refs) != cache_key(ident, s, t, 1, refs[:1])
-    plain = GenSettings(max_new_tokens=8, mbr_samples=3)  # off: the texts do not count
-    assert cache_key(ident, plain, t, 1, refs) == cache_key(ident, plain, t, 1)
-    with pytest.raises(ConfigError, match="eval.mbr_references' must be >= 0"):
-        EvalConfig(mbr_references=-1)
+    assert not GenSettings(num_beams=2).streams
 
 
 def test_sampling_seed_repeats_a_run_and_keys_the_cache(tiny):
     model, tok = tiny
-    s = GenSettings(max_new_tokens=8, mbr_samples=2, batch_size=4)
+    s = GenSettings(max_new_tokens=8, do_sample=True, batch_size=4)
     first = describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=3)
     assert describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=3) == first
     assert describe(model, tok, BUILTIN["chat"], TITLES, s, progress=False, seed=4) != first
@@ -519,10 +373,10 @@ def test_sampling_seed_repeats_a_run_and_keys_the_cache(tiny):
 
 
 def test_resumed_sampling_continues_the_interrupted_runs_random_stream(tiny, tmp_path):
-    """An interrupted 03 with sampled candidates, run again, writes what one uninterrupted run
+    """An interrupted 03 that samples, run again, writes what one uninterrupted run
     writes: each batch's last cache line keeps torch's random state, and the resume starts there."""
     model, tok = tiny
-    t, s = BUILTIN["chat"], GenSettings(max_new_tokens=8, mbr_samples=2, batch_size=2)  # 1 title a batch
+    t, s = BUILTIN["chat"], GenSettings(max_new_tokens=8, do_sample=True, batch_size=1)  # 1 title a batch
     key = cache_key({"name": "tiny"}, s, t, seed=5)
     whole = cached_describe(model, tok, t, _rows(TITLES), s, GenerationCache(tmp_path / "a", "m", key),
                             progress=False, seed=5)
@@ -562,8 +416,3 @@ def test_a_batch_cut_short_leaves_the_saved_random_state_unused(tmp_path):
     assert GenerationCache(tmp_path, "m", "k").resume_state == {"cpu": "BBBB", "rows": 4}
 
 
-def test_mbr_candidates_cannot_stream(tiny):
-    model, tok = tiny
-    s = GenSettings(max_new_tokens=4, mbr_samples=2, batch_size=1)
-    with pytest.raises(UserError, match="eval.mbr_samples cannot stream"):
-        describe(model, tok, BUILTIN["chat"], TITLES[:1], s, progress=False, streamer=object())

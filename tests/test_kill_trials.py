@@ -1,5 +1,5 @@
-"""Kill trials, small: SIGKILL 02 three times in one chain, 01 once and 03 once (sampling 2
-candidates per title plus the greedy one, as cpu-quality samples 8 and adds it), with the same
+"""Kill trials, small: SIGKILL 02 three times in one chain, 01 once and 03 once (sampling, so its
+re-run must go on sampling where the killed run stopped), with the same
 code as ``bench/kill_trials.py`` (which runs >= 20 kills of 02). Real stage processes, real SIGKILLs."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_killed_stages_resume_to_the_uninterrupted_result(tiny_model_dir, tmp_pa
     kill_trials = load_bench()
     lines: list[str] = []
     report = kill_trials.run_trials(tmp_path, n02=3, n01=1, n03=1, seed=1, model_dir=tiny_model_dir,
-                                    say=lines.append, mbr_03=2)
+                                    say=lines.append, sample_03=True)
     table = report.table()
     stages = sorted(t.stage for t in report.trials)
     assert stages == ["01", "02", "02", "02", "03"], table

@@ -474,62 +474,23 @@ def test_interrupted_evaluation_resumes_without_regenerating(eval_run, monkeypat
     assert len(list((paths.eval / "generations").glob("base*.jsonl"))) == 2
 
 
-def test_mbr_evaluation_is_seeded_and_recorded(eval_run, monkeypatch):
-    """eval.mbr_samples in 03: 2 candidates per row (each generate call returns 2 sequences per
-    prompt), the settings in metrics.json, and the same outputs again from the same seed once the
-    cached generations are deleted (sampling starts from `seed` for every model)."""
+def test_sampled_evaluation_is_seeded_and_recorded(eval_run, monkeypatch):
+    """eval.do_sample in 03: the settings in metrics.json, and the same outputs again from the
+    same seed once the cached generations are deleted (sampling starts from `seed` for every model)."""
     import json
     import shutil
 
-    from prodesc import metrics
-
     overrides, paths = eval_run
-    mbr = [*overrides, "eval.mbr_samples=2", "eval.temperature=1.5"]
+    sampled = [*overrides, "eval.do_sample=true", "eval.temperature=1.5"]
     counter = GenerateCounter(monkeypatch)
-    sizes: list[int] = []
-    real = metrics.mbr_choice
-    monkeypatch.setattr(metrics, "mbr_choice", lambda c, m, r=(): sizes.append(len(c)) or real(c, m, r))
-    assert run(mbr) == 0
+    assert run(sampled) == 0
     assert counter.rows == 3 + 3 + 3 * 6  # merge check (greedy), then base, tuned, checkpoint-2
-    assert sizes == [2] * 3 * 6  # one choice between 2 candidates per row and model
     doc = json.loads((paths.eval / "metrics.json").read_text())
-    assert doc["generation"]["mbr_samples"] == 2 and doc["generation"]["mbr_metric"] == "rougeL"
+    assert doc["generation"]["do_sample"] is True and doc["generation"]["temperature"] == 1.5
     first = json.loads((paths.eval / "outputs.json").read_text())["outputs"]
     shutil.rmtree(paths.eval / "generations")
-    assert run(mbr) == 0
+    assert run(sampled) == 0
     assert json.loads((paths.eval / "outputs.json").read_text())["outputs"] == first
-
-
-def test_mbr_references_come_from_the_training_split(eval_run, monkeypatch):
-    """eval.mbr_references=3 in 03: every choice compares the candidates with the same 3
-    descriptions of the prepared training split (a sample fixed by the seed), metrics.json records
-    the setting, and another count starts new caches. Without prepared data the error names the
-    setting that needs it."""
-    import shutil
-
-    from prodesc import metrics
-    from prodesc.prepare import open_prepared, reference_descriptions
-
-    overrides, paths = eval_run
-    overrides = [o for o in overrides if not o.startswith("eval.checkpoints")]
-    mbr = [*overrides, "eval.mbr_samples=2", "eval.mbr_references=3"]
-    train = set(open_prepared(paths, ("train",), ("content",))[1]["train"]["content"])
-    refs = reference_descriptions(paths, 3, seed=0)
-    assert len(refs) == 3 and set(refs) <= train and reference_descriptions(paths, 3, seed=0) == refs
-    assert reference_descriptions(paths, 3, seed=1) != refs
-    assert sorted(reference_descriptions(paths, 1000, seed=0)) == sorted(train)  # all, when fewer
-    seen: list[tuple[str, ...]] = []
-    real = metrics.mbr_choice
-    monkeypatch.setattr(metrics, "mbr_choice", lambda c, m, r=(): seen.append(tuple(r)) or real(c, m, r))
-    assert run(mbr) == 0
-    cfg_seed = json.loads((paths.eval / "metrics.json").read_text())["seed"]
-    assert set(seen) == {tuple(reference_descriptions(paths, 3, cfg_seed))} and len(seen) == 2 * 6
-    assert json.loads((paths.eval / "metrics.json").read_text())["generation"]["mbr_references"] == 3
-    assert run([*mbr[:-1], "eval.mbr_references=2"]) == 0
-    assert len(list((paths.eval / "generations").glob("tuned*.jsonl"))) == 2
-    shutil.rmtree(paths.prepared)  # what 04 meets: it needs no other prepared data
-    with pytest.raises(UserError, match=r"^eval.mbr_references=3 reads the training split: no prepared data"):
-        reference_descriptions(paths, 3, seed=0)
 
 
 def test_overwrite_redoes_the_merge(eval_run):

@@ -5,7 +5,6 @@ rows), 02 -> 03 and 04 on the tiny model, and the errors when settings and artif
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import random
 import re
@@ -28,19 +27,14 @@ from rawfiles import SHARED_SAMPLE
 
 
 def brute_nearest(train: list[str], queries: list[str], exclude=None) -> list[int]:
-    """The one example of :func:`brute_nearest_k`; -1 when no row is allowed."""
-    return [rows[0] if rows else -1 for rows in brute_nearest_k(train, queries, 1, exclude)]
-
-
-def brute_nearest_k(train: list[str], queries: list[str], k: int, exclude=None) -> list[list[int]]:
-    """The definition of k examples: the allowed rows by highest Jaccard, the earlier row first
-    among equals, the first k."""
+    """The definition of the example: the allowed row with the highest Jaccard, the earlier row
+    first among equals; -1 when no row is allowed."""
     words = [retrieval.title_words(t) for t in train]
     out = []
     for i, q in enumerate(map(retrieval.title_words, queries)):
         allowed = [row for row in range(len(train)) if exclude is None or exclude[i] != row]
         allowed.sort(key=lambda row: (-len(q & words[row]) / (len(q | words[row]) or 1), row))
-        out.append(allowed[:k])
+        out.append(allowed[0] if allowed else -1)
     return out
 
 
@@ -64,9 +58,6 @@ def test_nearest_is_the_brute_force_answer(monkeypatch, cells):
     seen: list[int] = []
     index.nearest(queries, progress=seen.append)
     assert sum(seen) == len(queries)
-    for k in (2, 3):  # data.examples
-        assert index.nearest_k(queries, k) == brute_nearest_k(train, queries, k)
-        assert index.nearest_k(train, k, exclude=own) == brute_nearest_k(train, train, k, exclude=own)
 
 
 def test_nearest_edge_cases():
@@ -76,9 +67,6 @@ def test_nearest_edge_cases():
     assert index.nearest(["red mug", "mug", "tea"]) == [0, 0, 0]  # ties and no shared word: the first
     assert index.nearest(["red mug"], exclude=[0]) == [2]
     assert index.nearest([]) == []
-    assert index.nearest_k(["red mug", "tea"], 2) == [[0, 2], [0, 1]]
-    assert index.nearest_k(["red mug"], 5, exclude=[2]) == [[0, 1]]  # fewer rows than asked for
-    assert retrieval.TitleIndex([]).nearest_k(["a"], 2) == [[]]
 
 
 def test_cut_keeps_the_first_words():
@@ -89,15 +77,11 @@ def test_cut_keeps_the_first_words():
 def test_example_finder_gives_titles_and_cut_descriptions():
     finder = retrieval.ExampleFinder(["Red Mug", "Steel Bottle 500 ml"], ["a b c d", "e f g h"], 2)
     assert finder.examples("steel bottle") == [("Steel Bottle 500 ml", "e f …")]
-    two = retrieval.ExampleFinder(["Red Mug", "Steel Bottle 500 ml"], ["a b c d", "e f g h"], 2, count=2)
-    assert two.examples("steel bottle") == [("Steel Bottle 500 ml", "e f …"), ("Red Mug", "a b …")]
     assert retrieval.ExampleFinder([], [], 2).examples("anything") == []
 
 
-def test_stored_examples_read_both_column_forms():
-    """Lists (one entry per example), or one text each as data prepared before data.examples has."""
-    assert retrieval.stored_examples(["A", "B"], ["a", "b"]) == [("A", "a"), ("B", "b")]
-    assert retrieval.stored_examples("A", "a") == [("A", "a")]
+def test_stored_examples_read_the_columns():
+    assert retrieval.stored_examples(["A"], ["a"]) == [("A", "a")]
     assert retrieval.stored_examples(None, None) == retrieval.stored_examples([], []) == []
 
 
@@ -106,7 +90,7 @@ def test_stored_examples_read_both_column_forms():
 
 def test_template_shows_the_example_only_when_on():
     chat = templates.BUILTIN["chat"]
-    assert "example_words" not in chat.to_dict()  # identities of templates without it unchanged
+    assert chat.to_dict()["example_words"] == 0
     on = templates.from_dict({**chat.to_dict(), "example_words": 5})
     assert on.to_dict()["example_words"] == 5 and templates.from_dict(on.to_dict()) == on
     user = on.format_prompt("Blue Mug", [("Red Mug", "A red mug …")])[-1]["content"]
@@ -116,63 +100,42 @@ def test_template_shows_the_example_only_when_on():
     )
     assert on.format_prompt("Blue Mug")[-1]["content"] == "Product title: Blue Mug"  # no example found
     assert chat.format_prompt("Blue Mug", [("Red Mug", "x")]) == chat.format_prompt("Blue Mug")  # off
-    two = templates.from_dict({**on.to_dict(), "examples": 2})
-    assert two.to_dict()["examples"] == 2 and "examples" not in on.to_dict()  # 1: identity unchanged
-    assert two.format_prompt("Blue Mug", [("Red Mug", "A red mug …"), ("Mug Set", "Two mugs")])[-1]["content"] == (
-        "Product title: Blue Mug\n\nTwo similar products in the store, for reference:\n"
-        "Title: Red Mug\nDescription: A red mug …\n\nTitle: Mug Set\nDescription: Two mugs"
-    )
-    with pytest.raises(ConfigError, match="examples must be a whole number from 1 to 5"):
-        templates.from_dict({**on.to_dict(), "examples": 0})
+    with pytest.raises(ConfigError, match="unknown template field 'examples'"):
+        templates.from_dict({**on.to_dict(), "examples": 2})  # retired 2026-12-06: one example
     with pytest.raises(ConfigError, match="example_words must be a whole number >= 0"):
         templates.from_dict({**chat.to_dict(), "example_words": -1})
     with pytest.raises(ConfigError, match="'example_words' must be a whole number"):
         templates.from_dict({**chat.to_dict(), "example_words": "80"})
 
 
-@pytest.mark.parametrize("key", ["example_words", "examples"])
-def test_template_file_may_not_set_the_example_settings(tmp_path, key):
+def test_template_file_may_not_set_example_words(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text(f"kind: text\nprompt: 'T: {{title}}'\n{key}: 2\n")
-    with pytest.raises(ConfigError, match=f"remove {key} and set data.{key} instead"):
+    path.write_text("kind: text\nprompt: 'T: {title}'\nexample_words: 2\n")
+    with pytest.raises(ConfigError, match="remove example_words and set data.example_words instead"):
         templates.load_template_file(path)
 
 
-def test_example_words_off_keeps_every_older_identity():
-    """A setting added later counts in names and fingerprints only when on: data prepared before
-    it existed keeps its folder name and is not redone."""
-    import dataclasses
-
+def test_example_words_count_in_the_data_fingerprint():
     cfg = load_config("cpu")
-    newer = ("member", "test_source")  # added after these two, and off by default (test_prepare_zip.py)
-    old = {k: v for k, v in dataclasses.asdict(cfg.data).items()
-           if k not in ("example_words", "examples", *newer)}
-    assert cfg.fingerprint("data") == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     on = load_config("cpu", ["data.example_words=80"])
     assert on.fingerprint("data") != cfg.fingerprint("data")
-    one = {k: v for k, v in dataclasses.asdict(on.data).items() if k not in ("examples", *newer)}
-    assert on.fingerprint("data") == hashlib.sha256(json.dumps(one, sort_keys=True).encode()).hexdigest()
-    assert load_config("cpu", ["data.example_words=80", "data.examples=2"]).fingerprint("data") != on.fingerprint("data")
     with pytest.raises(ConfigError, match="data.example_words' must be >= 0"):
         load_config("cpu", ["data.example_words=-1"])
-    for bad in (0, 6):
-        with pytest.raises(ConfigError, match="data.examples' must be 1 to 5"):
-            load_config("cpu", [f"data.examples={bad}"])
+    with pytest.raises(ConfigError, match="unknown config key 'data.examples'"):
+        load_config("cpu", ["data.examples=2"])  # retired 2026-12-06: one example
 
 
 # --------------------------------------------------------------------------- 01
 
 
-@pytest.mark.parametrize("count", [1, 2])
-def test_prepare_stores_each_rows_examples(tmp_path, count):
+def test_prepare_stores_each_rows_example(tmp_path):
     from prodesc.prepare import format_manifest, open_prepared
 
     cfg, paths = stage_paths([f"paths.root={tmp_path}", "data.name=ex"])
-    write_prepared(paths, n_train=30, n_val=6, n_test=6, extra=("data.example_words=4", f"data.examples={count}"))
+    write_prepared(paths, n_train=30, n_val=6, n_test=6, extra=("data.example_words=4",))
     manifest, data = open_prepared(paths, ("train", "validation", "test"), ("example_title", "example_content"))
-    assert manifest["template"]["example_words"] == 4 and manifest["template"].get("examples", 1) == count
-    shown = "an example of 4 words" if count == 1 else "2 examples of 4 words"
-    assert f"template: chat + {shown}   took" in format_manifest(manifest)
+    assert manifest["template"]["example_words"] == 4
+    assert "template: chat + an example of 4 words   took" in format_manifest(manifest)
     train = data["train"]
     by_title = {}
     for title, content in zip(train["title"], train["content"]):
@@ -180,9 +143,9 @@ def test_prepare_stores_each_rows_examples(tmp_path, count):
     for split in ("train", "validation", "test"):
         rows = data[split]
         exclude = list(range(len(rows))) if split == "train" else None
-        want = brute_nearest_k(train["title"], rows["title"], count, exclude)
-        assert rows["example_title"] == [[train["title"][w] for w in ws] for ws in want], split
-        assert rows["example_content"] == [[retrieval.cut(train["content"][w], 4) for w in ws] for ws in want], split
+        want = brute_nearest(train["title"], rows["title"], exclude)
+        assert rows["example_title"] == [[train["title"][w]] for w in want], split
+        assert rows["example_content"] == [[retrieval.cut(train["content"][w], 4)] for w in want], split
         for row in rows:
             shown = "\n\n".join(f"Title: {t}\nDescription: {d}" for t, d in zip(row["example_title"], row["example_content"]))
             assert row["prompt"][-1]["content"].endswith(f"for reference:\n{shown}")
@@ -231,16 +194,14 @@ def test_examples_on_real_rows(tmp_path):
 
 
 @pytest.fixture
-def example_run(tiny_model_dir, tmp_path, request):
-    """A 3-step 02 run on the tiny model with examples in the prompt (data.examples: the test's
-    parameter, else 1), then its overrides and paths."""
+def example_run(tiny_model_dir, tmp_path):
+    """A 3-step 02 run on the tiny model with an example in the prompt, then its overrides and paths."""
     from prodesc import train
 
-    count = getattr(request, "param", 1)
     overrides = tiny_overrides(tiny_model_dir, tmp_path / "root", "train.max_steps=3", *EVAL_OVERRIDES,
-                               "data.example_words=4", f"data.examples={count}", "model.max_length=256")
+                               "data.example_words=4", "model.max_length=256")
     _, paths = stage_paths(overrides)
-    write_prepared(paths, extra=("data.example_words=4", f"data.examples={count}"))
+    write_prepared(paths, extra=("data.example_words=4",))
     assert train.main(["--preset", "cpu", *overrides]) == 0
     return overrides, paths
 
@@ -258,28 +219,26 @@ def spy_prompts(monkeypatch, module) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize("example_run", [1, 2], indirect=True)
 def test_training_and_evaluation_show_the_examples(example_run, monkeypatch):
-    """The adapter keeps the template with example_words (and examples); 03 builds each test row's
-    prompt with the examples 01 stored, as training saw them."""
+    """The adapter keeps the template with example_words; 03 builds each test row's prompt with
+    the example 01 stored, as training saw it."""
     from prodesc import generate, merge
     from prodesc.prepare import open_prepared
 
     overrides, paths = example_run
     kept = json.loads((paths.adapter / "prompt_template.json").read_text())
-    count = kept.get("examples", 1)
-    assert kept["example_words"] == 4 and f"data.examples={count}" in overrides
+    assert kept["example_words"] == 4
     seen = spy_prompts(monkeypatch, generate)
     assert merge.main(["--preset", "cpu", *overrides]) == 0
     test = open_prepared(paths, ("test",), ("example_title",))[1]["test"]
     rows = {r["title"]: r for r in test}
-    intro = templates.EXAMPLE_INTROS[count - 1]
+    intro = templates.EXAMPLE_INTRO
     shown = [p for p in seen if intro in p]
     assert shown and len(shown) == len(seen)
     for prompt in shown:
         title = re.search(r"Product title: (.*)\n\n" + intro, prompt).group(1)
         row = rows[title]
-        assert len(row["example_title"]) == count
+        assert len(row["example_title"]) == 1
         assert "\n\n".join(f"Title: {t}\nDescription: {d}" for t, d in zip(row["example_title"], row["example_content"])) in prompt
     with open(paths.eval / "side_by_side.csv", encoding="utf-8-sig", newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -299,8 +258,6 @@ def test_settings_that_disagree_with_the_adapter_are_refused(example_run, capsys
     overrides, paths = example_run
     assert merge.main(["--preset", "cpu", *overrides, "data.example_words=0"]) == 2
     assert "the adapter was trained with data.example_words=4 but the config says 0: set data.example_words=4" in capsys.readouterr().err
-    assert merge.main(["--preset", "cpu", *overrides, "data.examples=3"]) == 2
-    assert "the adapter was trained with data.examples=1 but the config says 3: set data.examples=1" in capsys.readouterr().err
     data = load_from_disk(str(paths.prepared_dataset))
     data["test"] = data["test"].remove_columns(["example_title", "example_content"])
     data.save_to_disk(str(paths.prepared / "dataset.new"))
@@ -312,7 +269,6 @@ def test_settings_that_disagree_with_the_adapter_are_refused(example_run, capsys
     assert "lacks column 'example_content'" in err
 
 
-@pytest.mark.parametrize("example_run", [1, 2], indirect=True)
 def test_demo_finds_the_examples_in_the_training_split(example_run, monkeypatch, capsys):
     import shutil
 
@@ -320,14 +276,12 @@ def test_demo_finds_the_examples_in_the_training_split(example_run, monkeypatch,
     from prodesc.prepare import open_prepared
 
     overrides, paths = example_run
-    count = 2 if "data.examples=2" in overrides else 1
     train = open_prepared(paths, ("train",), ())[1]["train"]
     title = "Acme Compact Water Bottle 500 ml"
-    want = brute_nearest_k(train["title"], [title], count)[0]
+    want = brute_nearest(train["title"], [title])
     seen = spy_prompts(monkeypatch, generate)
     assert demo.main(["--preset", "cpu", *overrides, "--no-base", title]) == 0
-    label = "example" if count == 1 else "examples"
-    assert f"({label} in the prompt: {' | '.join(train['title'][w] for w in want)})" in capsys.readouterr().out
+    assert f"(example in the prompt: {' | '.join(train['title'][w] for w in want)})" in capsys.readouterr().out
     assert "\n\n".join(f"Title: {train['title'][w]}\nDescription: {retrieval.cut(train['content'][w], 4)}" for w in want) in seen[0]
     shutil.rmtree(paths.prepared)
     assert demo.main(["--preset", "cpu", *overrides, "--no-base", title]) == 2
@@ -335,7 +289,6 @@ def test_demo_finds_the_examples_in_the_training_split(example_run, monkeypatch,
     assert err.startswith("error: the adapter's prompt shows an example from the training split (data.example_words): no prepared data")
 
 
-@pytest.mark.parametrize("example_run", [1, 2], indirect=True)
 def test_web_page_shows_the_examples_in_the_prompt(example_run):
     """The page built over a demo with examples has an example box, and its handler fills it with
     the examples the prompt holds (what 04 prints), next to the descriptions."""
@@ -350,10 +303,10 @@ def test_web_page_shows_the_examples_in_the_prompt(example_run):
                 GenSettings.from_eval(cfg.eval), with_base=False)
     train = open_prepared(paths, ("train",), ())[1]["train"]
     title = "Acme Compact Water Bottle 500 ml"
-    want = brute_nearest_k(train["title"], [title], cfg.data.examples)[0]
+    want = brute_nearest(train["title"], [title])
     app = web.build_app(demo, cfg, [])
     boxes = {c.get("props", {}).get("elem_id"): c["props"] for c in app.get_config_file()["components"]}
-    assert boxes["example-output"]["label"].startswith("example in" if cfg.data.examples == 1 else "examples in")
+    assert boxes["example-output"]["label"].startswith("example in")
     handler = next(f.fn for f in app.fns.values() if len(f.outputs) == 3)
     searched, search = [], demo.examples.examples
     demo.examples.examples = lambda t: searched.append(t) or search(t)

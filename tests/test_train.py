@@ -164,80 +164,6 @@ def test_overlong_examples_dropped_or_truncated(tiny_model_dir, tmp_path, mode):
         train.drop_overlong(data, tok, 80, family.SEQ2SEQ, "truncate")
 
 
-@pytest.mark.parametrize("kind", ["chat", "text"])
-def test_overlong_examples_cut_at_a_sentence_end(tiny_model_dir, kind):
-    """train.overlong=sentence: a long completion is cut after its last sentence end that fits
-    (one more sentence would not), so it still ends with its end token; a short one is left alone;
-    one whose first sentence is already too long is dropped."""
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    from prodesc import family
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    sentences = [f"This {w} bottle keeps drinks cold for {n} hours!" if n % 3 == 0 else
-                 f"The \"{w}\" lid (model {n}) is leak proof."
-                 for n, w in enumerate(["steel", "glass", "blue"] * 6)]
-    long_text, short_text = " ".join(sentences), sentences[0]
-    run_on = "word " * 200 + "end."  # no sentence end before the limit
-
-    def example(text):
-        if kind == "text":
-            return {"prompt": "Title: Steel Bottle\nDescription:", "completion": " " + text}
-        return {"prompt": [{"role": "user", "content": "Steel Bottle"}],
-                "completion": [{"role": "assistant", "content": text}]}
-
-    def text_of(ex):
-        return ex["completion"] if kind == "text" else ex["completion"][-1]["content"]
-
-    fam = family.CAUSAL
-    limit = 120
-    assert fam.example_length(example(long_text), tok) > limit >= fam.example_length(example(short_text), tok)
-    data = {"train": Dataset.from_list([example(short_text), example(long_text), example(run_on)]),
-            "validation": Dataset.from_list([example(short_text)])}
-    kept, dropped = train.drop_overlong(data, tok, limit, fam, "sentence")
-    assert dropped == {"train": 1, "validation": 0}
-    short, _ = list(kept["train"])
-    assert text_of(short).strip() == short_text
-    cuts = set()
-    for max_length in range(limit - 40, limit + 41, 8):  # the longest fitting cut, at every limit
-        cut = train.cut_at_sentence(example(long_text), tok, max_length, fam)
-        n = next(i for i in range(len(sentences), 0, -1) if text_of(cut).strip() == " ".join(sentences[:i]))
-        assert 1 < n < len(sentences)  # cut between two sentences, not at the first or the last
-        longer = example(" ".join(sentences[: n + 1]))
-        assert fam.example_length(cut, tok) <= max_length < fam.example_length(longer, tok)
-        cuts.add(n)
-    assert len(cuts) > 3
-    # the seq2seq family measures prompt and completion separately, and is cut the same way
-    s2s, _ = train.drop_overlong(data, tok, limit, family.SEQ2SEQ, "sentence")
-    assert len(s2s["train"]) == 2
-    assert all(family.SEQ2SEQ.example_length(ex, tok) <= limit for ex in s2s["train"])
-
-
-def test_neftune_noise_reaches_training_only(tiny_model_dir, tmp_path):
-    """train.neftune_noise_alpha noises the input embeddings while training (the adapter differs
-    from a noiseless run with the same seed) and the noise hook is gone afterwards (generation)."""
-    adapters = {}
-    for alpha in (0, 5):
-        overrides = tiny_overrides(tiny_model_dir, tmp_path / f"a{alpha}", "train.max_steps=2", "lora.dropout=0",
-                                   f"train.neftune_noise_alpha={alpha}")
-        cfg, paths = stage_paths(overrides)
-        write_prepared(paths)
-        _, data = train.load_prepared(cfg, paths)
-        dirs = checkpoints.checkpoint_dirs(cfg, paths)
-        args = train.training_args(cfg, paths, dirs, "hf")
-        assert args.neftune_noise_alpha == (alpha or None)
-        from prodesc import models
-
-        model, tok, _ = models.load_for_training(cfg, str(tiny_model_dir), "hf")
-        trainer = train.build_trainer(cfg, paths, dirs, args, model, tok, data)
-        trainer.train()
-        embed = model.get_input_embeddings()
-        assert not embed._forward_hooks and not hasattr(embed, "neftune_noise_alpha")
-        adapters[alpha] = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
-    assert max_abs_diff(adapters[0], adapters[5]) > 0
-
-
 def test_8bit_adamw_trains_on_cpu(tiny_model_dir, tmp_path):
     """train.optim=adamw_8bit runs on CPU (bitsandbytes 0.50.2): the checkpoint holds
     bitsandbytes' optimizer state, not torch's (exp_avg/exp_avg_sq)."""
@@ -388,7 +314,7 @@ def test_half_written_newest_checkpoint_is_skipped_with_a_warning(finished_run, 
 @pytest.mark.parametrize("change", [
     "train.learning_rate=0.002", "train.max_steps=20", "train.batch_size=2", "train.grad_accum=3",
     "train.lr_scheduler=linear", "train.warmup=0.1", "lora.r=8", "train.epochs=2", "model.max_length=64",
-    "train.overlong=truncate", "train.neftune_noise_alpha=5", "train.seed=5",
+    "train.overlong=truncate", "train.seed=5",
 ])
 def test_resume_refuses_a_changed_schedule(finished_run, tmp_path, change):
     overrides, paths = finished_run

@@ -22,7 +22,6 @@ import functools
 import hashlib
 import inspect
 import json
-import math
 import re
 import sys
 import types
@@ -36,7 +35,7 @@ import yaml
 from prodesc.embedded import EMBEDDED_MODEL
 from prodesc.errors import ConfigError
 from prodesc.hardware import detect_gpu
-from prodesc.retrieval import MAX_EXAMPLES, MAX_TRAIN_ROWS
+from prodesc.retrieval import MAX_TRAIN_ROWS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this package runs from (``src/prodesc`` → repo)."""
@@ -166,11 +165,6 @@ class DataConfig:
     web page search the prepared training split for a new title's, so they need the prepared
     data. Use eval.repetition_scope=output with it, or the repetition penalty pushes the model
     away from the example's words. At most 200,000 training rows."""
-    examples: int = 1
-    """How many examples each title is shown with when data.example_words > 0: the most similar
-    training products, most similar first, each with data.example_words words (keep their sum
-    near 80 so the prompts fit model.max_length). 1 to 5."""
-
     def __post_init__(self) -> None:
         _check(
             not self.name or RUN_NAME.fullmatch(self.name) is not None,
@@ -203,7 +197,6 @@ class DataConfig:
             0.0 <= self.max_malformed_fraction <= 1.0, "data.max_malformed_fraction", "must be in [0, 1]"
         )
         _check(self.example_words >= 0, "data.example_words", "must be >= 0 (0 = no example)")
-        _check(1 <= self.examples <= MAX_EXAMPLES, "data.examples", f"must be 1 to {MAX_EXAMPLES}")
         _check(  # caught here, before 01 reads the file; a fraction or 0 is checked once counted
             not self.example_words or self.train_size < 1 or self.train_size <= MAX_TRAIN_ROWS,
             "data.train_size",
@@ -234,16 +227,11 @@ class TrainConfig:
     """The optimizer, the same on both backends (Unsloth would pick adamw_8bit by itself):
     `adamw_torch_fused` (torch's AdamW, fused; what transformers uses by default) or `adamw_8bit`
     (bitsandbytes' 8-bit AdamW: its two states take a quarter of the memory; also runs on CPU)."""
-    overlong: Literal["drop", "truncate", "sentence"] = "drop"
+    overlong: Literal["drop", "truncate"] = "drop"
     """A training example longer than model.max_length: `drop` it (every kept example ends with its
-    end token, so the model learns when to stop, but only from the shorter descriptions),
+    end token, so the model learns when to stop, but only from the shorter descriptions) or
     `truncate` it (decoder-only models: long descriptions are kept, cut at max_length without an end
-    token, which tells the model that a description may go on) or cut it at the last `sentence`
-    end that fits (the long descriptions are kept and still end with the end token; one whose
-    first sentence does not fit is dropped)."""
-    neftune_noise_alpha: float = 0.0
-    """NEFTune: uniform noise of this scale added to the input embeddings while training (a
-    regulariser for small instruction datasets, e.g. 5; 0 = off). Generation never adds noise."""
+    token, which tells the model that a description may go on)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Training precision: `auto` = fp32 on CPU; on a GPU the compute dtype's (model.dtype: bf16
     where the GPU has it in hardware, else fp16)."""
@@ -271,7 +259,6 @@ class TrainConfig:
         _check(0 < self.learning_rate < 1, "train.learning_rate", "must be in (0, 1)")
         _check(self.warmup >= 0, "train.warmup", "must be >= 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _check(self.neftune_noise_alpha >= 0, "train.neftune_noise_alpha", "must be >= 0 (0 = off)")
         _check(self.save_steps > 0, "train.save_steps", "must be > 0")
         _check(self.save_total_limit > 0, "train.save_total_limit", "must be > 0")
         _check(self.eval_steps >= 0, "train.eval_steps", "must be >= 0")
@@ -293,19 +280,16 @@ class EvalConfig:
     min_new_tokens: int = 0
     """Shortest generated description, in tokens: the end token is blocked until then (0 = off).
     For a model that stops too early; below eval.max_new_tokens."""
-    eos_bias: float = 0.0
-    """Added to the end token's logit at every step (0 = off): negative makes outputs longer,
-    positive shorter. Unlike eval.min_new_tokens, a confident end still ends the text."""
     num_beams: int = 1
     """Beam search width (1 = greedy or sampling)."""
     do_sample: bool = False
     """Sample instead of greedy/beam decoding."""
     temperature: float = 1.0
-    """Sampling temperature (with eval.do_sample or eval.mbr_samples)."""
+    """Sampling temperature (with eval.do_sample)."""
     top_p: float = 1.0
-    """Nucleus sampling mass (with eval.do_sample or eval.mbr_samples)."""
+    """Nucleus sampling mass (with eval.do_sample)."""
     top_k: int = 50
-    """Top-k sampling cutoff (with eval.do_sample or eval.mbr_samples; 0 = off)."""
+    """Top-k sampling cutoff (with eval.do_sample; 0 = off)."""
     repetition_penalty: float = 1.0
     """Penalty > 1 discourages repeating tokens."""
     repetition_scope: Literal["all", "output"] = "all"
@@ -321,25 +305,6 @@ class EvalConfig:
     end, e.g. SmolLM2's <|im_start|>), not only at EOS. Off, a model whose EOS eval.min_new_tokens
     holds back writes that token instead and then a made-up next turn ("user\nWhat are some other
     books…"), which decoding hides as plain text. No effect for a tokenizer without a chat template."""
-    mbr_samples: int = 0
-    """Minimum Bayes risk decoding (0 = off): sample this many candidates per title (with
-    eval.temperature/top_p/top_k and the run's seed, whatever eval.do_sample says) and keep the one
-    that agrees most with the others by eval.mbr_metric. Generation costs about this many times
-    more; eval.batch_size counts the candidates, so memory stays the same."""
-    mbr_metric: Literal["rougeL", "chrf", "rougeL+chrf"] = "rougeL"
-    """How eval.mbr_samples measures agreement between two candidates: ROUGE-L F-measure,
-    sentence chrF, or the two added (chrF scaled to 0-1)."""
-    mbr_references: int = 0
-    """With eval.mbr_samples: compare the candidates with this many real descriptions instead of
-    with each other, and keep the one that agrees most with them (0 = with each other). The
-    descriptions are a sample of the prepared training split fixed by the run's seed, so 03 and 04
-    need the prepared data. It favours the wording that real descriptions share over what the
-    model's own samples agree on."""
-    mbr_greedy: bool = False
-    """With eval.mbr_samples: the greedy output (no sampling, the same penalty and lengths) joins
-    the sampled candidates as one more, after them (the earlier wins a tie). Generation costs one
-    more sequence per title; the sampled candidates stay the same texts. Ignored without
-    candidates."""
     tuned: Literal["merged", "adapter"] = "merged"
     """The fine-tuned model 03 evaluates. `merged`: it merges the adapter into the 16-bit base,
     writes runs/<run>/merged_fp16/ (checked against the adapter) and evaluates that. `adapter`: the
@@ -361,18 +326,12 @@ class EvalConfig:
         _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
         _check(0 <= self.min_new_tokens < self.max_new_tokens, "eval.min_new_tokens",
                f"must be >= 0 and below eval.max_new_tokens ({self.max_new_tokens})")
-        _check(math.isfinite(self.eos_bias), "eval.eos_bias", "must be a finite number")
         _check(self.num_beams > 0, "eval.num_beams", "must be > 0")
         _check(self.temperature > 0, "eval.temperature", "must be > 0")
         _check(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
         _check(self.top_k >= 0, "eval.top_k", "must be >= 0")
         _check(self.repetition_penalty > 0, "eval.repetition_penalty", "must be > 0")
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
-        _check(self.mbr_samples == 0 or self.mbr_samples >= 2, "eval.mbr_samples",
-               "must be 0 (off) or at least 2 (candidates to choose from)")
-        _check(self.mbr_references >= 0, "eval.mbr_references", "must be >= 0 (0 = off)")
-        _check(not self.mbr_samples or self.num_beams == 1, "eval.mbr_samples",
-               "needs eval.num_beams=1: the candidates are sampled, not beam-searched")
 
 
 @dataclass
@@ -443,27 +402,10 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
 
-    def identity(self, section: str) -> dict[str, Any]:
-        """One section's values as they count in artifact names and fingerprints: a setting
-        added later (:data:`LATER_SETTINGS`) counts only when it differs from its default, so
-        adding it renamed nothing that was prepared before."""
-        values = dataclasses.asdict(getattr(self, section))
-        for key, default in LATER_SETTINGS.get(section, {}).items():
-            if values[key] == default:
-                del values[key]
-        return values
-
     def fingerprint(self, section: str) -> str:
         """A stable hash of one section's values (used to name and validate artifacts)."""
-        blob = json.dumps(self.identity(section), sort_keys=True)
+        blob = json.dumps(dataclasses.asdict(getattr(self, section)), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
-
-
-LATER_SETTINGS: dict[str, dict[str, Any]] = {
-    "data": {"example_words": 0, "examples": 1, "member": "", "test_source": ""}
-}
-"""Settings (by section) added after artifacts named by :meth:`Config.fingerprint` existed, with
-the default that leaves them out of it."""
 
 
 SECTIONS: dict[str, type] = {

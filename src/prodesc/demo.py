@@ -11,12 +11,10 @@ The weights are loaded once: the fine-tuned model is the base model + the LoRA a
 switched off (an 8B model in 16 bits, ~16 GB, fits an L4 once, not twice). With --no-base it is
 runs/<run>/merged_fp16/ when 03_merge_fp16.py has written it (not older than the adapter). For each title
 the fine-tuned description is streamed as it is generated, then both descriptions are shown side by
-side (one after the other in a narrow terminal). Decoding: eval.max_new_tokens,
-eval.min_new_tokens, eval.eos_bias, eval.num_beams, eval.do_sample, eval.temperature,
-eval.top_p, eval.top_k, eval.repetition_penalty, eval.repetition_scope, eval.no_repeat_ngram_size,
-eval.mbr_samples, eval.mbr_metric, eval.mbr_references (which reads the prepared training split);
-`seed` is set before every generation, so it fixes sampling. A model trained with
-data.example_words gets each title with its examples from the prepared training split, as in 03.
+side (one after the other in a narrow terminal). Decoding: the eval.* decoding settings
+(eval.max_new_tokens, eval.repetition_penalty, eval.do_sample, ...: `--list-keys`); `seed` is set
+before every generation, so it fixes sampling. A model trained with data.example_words gets each
+title with its example from the prepared training split, as in 03.
 
     python src/04_quick_demo.py "Acme Stainless Water Bottle 500 ml" eval.do_sample=true seed=7
     python src/04_quick_demo.py --titles-file my_titles.txt --no-base
@@ -165,10 +163,6 @@ class Demo:
         self.template = template
         self.settings = settings
         self.seed = cfg.seed
-        from prodesc.prepare import reference_descriptions
-
-        # eval.mbr_references, whatever eval.mbr_samples says: the web page's knobs can turn MBR on
-        self.references = reference_descriptions(paths, cfg.eval.mbr_references, cfg.seed)
         self.examples = example_finder(cfg, paths, template)
         self.shown: dict[str, list[Any]] = {}  # title -> its examples: a request asks up to 3 times
         # One copy of the weights: with the base model shown, base + adapter (the base model is the
@@ -188,14 +182,13 @@ class Demo:
                 self.base = self.tuned
         self.stream = settings.streams
         if not self.stream:
-            log("eval.num_beams > 1 or eval.mbr_samples: the output is shown when complete "
-                "(beam search and candidates to choose from cannot stream)")
+            log("eval.num_beams > 1: the output is shown when complete (beam search cannot stream)")
 
     def generate(self, title: str, base: bool, settings: Any = None, seed: int | None = None,
                  streamer: Any = "terminal") -> str:
         """One description of ``title`` by the base or the fine-tuned model; ``settings`` and
         ``seed`` default to the config's. ``streamer``: "terminal" prints the fine-tuned tokens as
-        they come (greedy or sampling, one candidate), None prints nothing, or a transformers streamer."""
+        they come (greedy or sampling), None prints nothing, or a transformers streamer."""
         from transformers import TextStreamer, set_seed
 
         from prodesc.generate import describe
@@ -211,7 +204,7 @@ class Demo:
         with off:
             outputs = describe(
                 model, self.tokenizer, self.template, [title], settings, [self.examples_for(title)],
-                progress=False, streamer=streamer, references=self.references,
+                progress=False, streamer=streamer,
             )
         return outputs[0]
 
@@ -230,8 +223,7 @@ class Demo:
         print(f"\n=== {title}", flush=True)
         shown = self.examples_for(title)
         if shown:
-            label = "example" if len(shown) == 1 else "examples"
-            print(f"({label} in the prompt: {titles_line(shown)})", flush=True)
+            print(f"(example in the prompt: {titles_line(shown)})", flush=True)
         print(f"{TUNED_HEADER} (streaming):" if self.stream else f"{TUNED_HEADER}: generating...", flush=True)
         tuned = self.generate(title, base=False)
         print(flush=True)
@@ -254,7 +246,7 @@ def example_finder(cfg: Config, paths: RunPaths, template: Any) -> Any:
     except UserError as err:
         raise UserError(f"the adapter's prompt shows an example from the training split (data.example_words): {err}") from None
     train = data["train"]
-    return ExampleFinder(train["title"], train["content"], template.example_words, template.examples)
+    return ExampleFinder(train["title"], train["content"], template.example_words)
 
 
 # --------------------------------------------------------------------------- layout

@@ -9,9 +9,6 @@
   model's output repeats the prompt, a seq2seq model's does not), special tokens skipped.
 - :func:`describe` = the two above + ``template.extract``: titles in, descriptions out (with an
   optional streamer that prints the tokens as they are generated: the demo).
-- ``eval.mbr_samples``: minimum Bayes risk decoding. ``generate`` samples N candidates per prompt
-  (``num_return_sequences``), ``eval.mbr_greedy`` adds the greedy output, and
-  :func:`prodesc.metrics.mbr_choice` keeps the one that agrees most with the others.
 - :class:`GenerationCache` keeps generations in a JSON Lines file, one line per row, appended and
   flushed per batch, so an interrupted evaluation resumes with only the missing rows; the file's
   header holds a hash of (model identity, settings, template) and a change starts a new file. When
@@ -33,14 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prodesc import family, metrics
+from prodesc import family
 from prodesc.config import EvalConfig
 from prodesc.errors import UserError
 from prodesc.models import prepare_tokenizer
 from prodesc.retrieval import Example
 from prodesc.templates import PromptTemplate, render_chat
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+"""Part of every cache key: raised when the key's contents change, so an older cache is
+regenerated (2: 2026-12-06, MBR decoding and eval.eos_bias retired)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,6 @@ class GenSettings:
 
     max_new_tokens: int = EvalConfig.max_new_tokens  # defaults: the eval.* defaults, one source
     min_new_tokens: int = EvalConfig.min_new_tokens
-    eos_bias: float = EvalConfig.eos_bias
     num_beams: int = EvalConfig.num_beams
     do_sample: bool = EvalConfig.do_sample
     temperature: float = EvalConfig.temperature
@@ -59,10 +57,6 @@ class GenSettings:
     repetition_scope: str = EvalConfig.repetition_scope
     no_repeat_ngram_size: int = EvalConfig.no_repeat_ngram_size
     stop_at_turn: bool = EvalConfig.stop_at_turn
-    mbr_samples: int = EvalConfig.mbr_samples
-    mbr_metric: str = EvalConfig.mbr_metric
-    mbr_references: int = EvalConfig.mbr_references
-    mbr_greedy: bool = EvalConfig.mbr_greedy
     batch_size: int = EvalConfig.batch_size
 
     @classmethod
@@ -71,53 +65,24 @@ class GenSettings:
         return cls(**{n: getattr(section, n) for n in names})
 
     def decoding(self) -> dict[str, Any]:
-        """What changes the output (the cache key): everything but the batch size."""
+        """What changes the output (the cache key): everything but the batch size; without sampling
+        the sampling knobs count as their defaults (greedy and beam search ignore them)."""
         out = dataclasses.asdict(self)
         out.pop("batch_size")
-        for knob in ("min_new_tokens", "eos_bias"):
-            if not out[knob]:  # off: the key of caches written before the knob existed
-                out.pop(knob)
-        if out["repetition_scope"] == EvalConfig.repetition_scope:  # likewise
-            out.pop("repetition_scope")
-        if not self.references:  # likewise: they count only when the candidates are compared with them
-            out.pop("mbr_references")
-        if not out["mbr_samples"]:  # likewise; the metric matters only with candidates
-            out.pop("mbr_samples")
-            out.pop("mbr_metric")
-        if not self.greedy_candidate:  # likewise
-            out.pop("mbr_greedy")
-        if not out["stop_at_turn"]:  # off: what caches written before the setting existed did
-            out.pop("stop_at_turn")
-        if not self.samples:  # greedy or beams ignore them: any value keys as the default does
+        if not self.do_sample:
             for knob in ("temperature", "top_p", "top_k"):
                 out[knob] = getattr(EvalConfig, knob)
         return out
 
     @property
-    def candidates(self) -> int:
-        """Sequences generated per prompt: eval.mbr_samples, or 1."""
-        return max(1, self.mbr_samples)
-
-    @property
-    def greedy_candidate(self) -> bool:
-        """Whether the greedy output joins the sampled candidates (eval.mbr_greedy with candidates)."""
-        return self.mbr_greedy and self.candidates > 1
-
-    @property
     def samples(self) -> bool:
-        """Whether decoding samples: eval.do_sample, or the candidates of eval.mbr_samples."""
-        return self.do_sample or self.candidates > 1
+        """Whether decoding samples (eval.do_sample)."""
+        return self.do_sample
 
     @property
     def streams(self) -> bool:
-        """Whether tokens can be shown as they come: one sequence per prompt, no beam search."""
-        return self.num_beams == 1 and self.candidates == 1
-
-    @property
-    def references(self) -> int:
-        """Real descriptions the candidates are compared with: eval.mbr_references when there are
-        candidates, else 0."""
-        return self.mbr_references if self.candidates > 1 else 0
+        """Whether tokens can be shown as they come: no beam search."""
+        return self.num_beams == 1
 
 
 def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) -> dict[str, Any]:
@@ -131,25 +96,13 @@ def generate_kwargs(settings: GenSettings, tokenizer: Any, model: Any = None) ->
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": stop_ids(settings, tokenizer, model),
     }
-    if settings.candidates > 1:
-        kwargs["num_return_sequences"] = settings.candidates
     if settings.min_new_tokens:
         kwargs["min_new_tokens"] = settings.min_new_tokens
-    if settings.eos_bias:
-        kwargs["sequence_bias"] = {(i,): settings.eos_bias for i in kwargs["eos_token_id"]}
     if settings.samples:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
     else:  # neutralise sampling defaults a generation_config may carry (avoids warnings)
         kwargs.update(temperature=None, top_p=None, top_k=None)
     return kwargs
-
-
-def greedy_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``model.generate`` arguments for eval.mbr_greedy's extra candidate: ``kwargs`` (one batch's,
-    penalty and lengths included) without sampling and with one sequence per prompt."""
-    out = {k: v for k, v in kwargs.items() if k != "num_return_sequences"}
-    out.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return out
 
 
 class OutputRepetitionPenalty:
@@ -273,7 +226,6 @@ def generate_raw(
     progress: bool = True,
     streamer: Any = None,
     seed: int | None = None,
-    references: Sequence[str] = (),
     resume_from: dict[str, Any] | None = None,
 ) -> list[str]:
     """Generate for every prompt in batches of ``settings.batch_size``; return the new text.
@@ -287,18 +239,9 @@ def generate_raw(
     :func:`rng_state`, saved after a batch of an interrupted run) then replaces that start, so the
     run goes on sampling where the interrupted one stopped.
 
-    With ``eval.mbr_samples`` = N > 1 each prompt gets N sampled candidates and the text returned
-    is the one :func:`prodesc.metrics.mbr_choice` picks; a batch then holds
-    ``batch_size // N`` prompts (at least one), so it still holds about ``batch_size`` sequences.
-    With ``eval.mbr_references`` the candidates are compared with ``references`` (real
-    descriptions, :func:`prodesc.prepare.reference_descriptions`) instead of with each other.
-    With ``eval.mbr_greedy`` a second, greedy call on the same batch adds each prompt's greedy
-    output as its last candidate.
     """
     if not prompts:
         return []
-    if settings.references and not references:
-        raise ValueError("eval.mbr_references is on but no reference descriptions were passed")
     from tqdm.auto import tqdm
 
     fam = family.of_model(model)
@@ -308,10 +251,7 @@ def generate_raw(
     ]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     kwargs = generate_kwargs(settings, tokenizer, model)
-    n = settings.candidates
     if streamer is not None:
-        if n > 1:
-            raise UserError("eval.mbr_samples cannot stream its candidates: show the output when complete")
         kwargs["streamer"] = streamer
     if seed is not None and settings.samples:
         from transformers import set_seed
@@ -324,7 +264,7 @@ def generate_raw(
     model.eval()
     bar = tqdm(total=len(prompts), desc=desc, unit="row", disable=not progress)
     try:
-        for idx in _batches(order, max(1, settings.batch_size // n)):
+        for idx in _batches(order, settings.batch_size):
             enc = tokenizer(
                 [prompts[i] for i in idx],
                 return_tensors="pt",
@@ -333,15 +273,6 @@ def generate_raw(
             ).to(device)
             batch_kwargs = {**kwargs, **scoped_penalty(settings, fam, enc, kwargs["eos_token_id"])}
             texts = _generate_texts(model, tokenizer, fam, enc, batch_kwargs)
-            if n > 1:  # each prompt's candidates are consecutive
-                groups = [texts[k : k + n] for k in range(0, len(texts), n)]
-                if settings.greedy_candidate:  # sampling first: the greedy call draws no random numbers
-                    greedy = _generate_texts(model, tokenizer, fam, enc, greedy_kwargs(batch_kwargs))
-                    groups = [group + [text] for group, text in zip(groups, greedy)]
-                texts = [
-                    _choose(group, settings.mbr_metric, references if settings.references else ())
-                    for group in groups
-                ]
             for i, text in zip(idx, texts):
                 out[i] = text
             if on_batch is not None:
@@ -388,10 +319,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([tensor(s) for s in cuda])
 
 
-def _choose(candidates: list[str], metric: str, references: Sequence[str]) -> str:
-    return candidates[metrics.mbr_choice(candidates, metric, references)]
-
-
 def describe(
     model: Any,
     tokenizer: Any,
@@ -416,10 +343,8 @@ def cache_key(
     settings: GenSettings,
     template: PromptTemplate,
     seed: int | None = None,
-    references: Sequence[str] = (),
 ) -> str:
-    """Hash of what decides the outputs; the seed counts only when sampling, the reference
-    descriptions only with eval.mbr_references."""
+    """Hash of what decides the outputs; the seed counts only when sampling."""
     parts = {
         "format": CACHE_FORMAT,
         "model": identity,
@@ -428,8 +353,6 @@ def cache_key(
     }
     if settings.samples and seed is not None:
         parts["seed"] = seed
-    if settings.references:
-        parts["references"] = hashlib.sha256(json.dumps(list(references)).encode()).hexdigest()
     blob = json.dumps(
         parts,
         sort_keys=True,
@@ -562,7 +485,6 @@ def cached_describe(
     cache: GenerationCache,
     progress: bool = True,
     seed: int | None = None,
-    references: Sequence[str] = (),
 ) -> list[str]:
     """Descriptions for ``rows`` (each with row, uid, title, and examples with data.example_words),
     generating only rows not in ``cache``."""
@@ -598,7 +520,6 @@ def cached_describe(
             on_batch=store,
             progress=progress,
             seed=seed,
-            references=references,
             resume_from=cache.resume_state if sampled and len(missing) < len(rows) else None,
         )
     return [cache.get(r["row"], r["title"]) or "" for r in rows]

@@ -60,7 +60,7 @@ from prodesc.generate import (
     weights_fingerprint,
 )
 from prodesc.paths import RunPaths
-from prodesc.prepare import open_prepared, reference_descriptions
+from prodesc.prepare import open_prepared
 from prodesc.retrieval import stored_examples
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -103,7 +103,6 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     rows, available = eval_rows(cfg, paths, template)
     ckpts = checkpoint_folders(cfg, paths)
     settings = GenSettings.from_eval(cfg.eval)
-    mbr_texts = reference_descriptions(paths, settings.references, cfg.seed)
     others = compared_runs(cfg, paths, rows, settings, reserved={"base", "tuned", *ckpts})
     out = eval_folder(paths.run, cfg.eval.split)
 
@@ -116,9 +115,7 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     else:
         check = {"skipped": NOT_MERGED}
         log(f"eval.tuned=adapter: {NOT_MERGED}")
-    outputs, identities = generate_all(
-        cfg, paths, model_path, template, rows, settings, ckpts, out, mbr_texts
-    )
+    outputs, identities = generate_all(cfg, paths, model_path, template, rows, settings, ckpts, out)
     atomic.write_json(
         out / OUTPUTS_FILE, outputs_document(cfg, paths, model_path, rows, settings, outputs, identities)
     )
@@ -272,17 +269,14 @@ def eval_rows(
 
 
 def check_examples(cfg: Config, template: templates.PromptTemplate) -> None:
-    """The adapter was trained with the data.example_words and data.examples of ``cfg`` (03 and 04
-    find its examples in the prepared data those settings name)."""
-    checks = [("example_words", template.example_words, cfg.data.example_words)]
-    if template.example_words:
-        checks.append(("examples", template.examples, cfg.data.examples))
-    for key, trained, configured in checks:
-        if trained != configured:
-            raise UserError(
-                f"the adapter was trained with data.{key}={trained} but the config says {configured}: "
-                f"set data.{key}={trained}"
-            )
+    """The adapter was trained with the data.example_words of ``cfg`` (03 and 04 find its examples
+    in the prepared data that setting names)."""
+    trained, configured = template.example_words, cfg.data.example_words
+    if trained != configured:
+        raise UserError(
+            f"the adapter was trained with data.example_words={trained} but the config says {configured}: "
+            f"set data.example_words={trained}"
+        )
 
 
 def select_rows(total: int, wanted: int | str, seed: int) -> list[int]:
@@ -628,11 +622,9 @@ def generate_all(
     settings: GenSettings,
     ckpts: dict[str, Path],
     out: Path,
-    mbr_texts: list[str],
 ) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
     """Outputs and identity of every model: base, tuned (merged, or base + adapter with
-    eval.tuned=adapter), then each checkpoint; ``mbr_texts``: the descriptions of
-    eval.mbr_references (empty when off)."""
+    eval.tuned=adapter), then each checkpoint."""
     merged = cfg.eval.tuned == "merged"
     tokenizer = load_tokenizer(paths.merged if merged else paths.adapter, cfg)
     base_id = {"name": cfg.model.name, "path": model_path, "weights": weights_fingerprint(Path(model_path))}
@@ -661,18 +653,16 @@ def generate_all(
         plans[label] = (ident, lambda f=folder: with_adapter(load_model(model_path, cfg), f))
     outputs: dict[str, list[str]] = {}
     for label, (ident, loader) in plans.items():
-        outputs[label] = generate_for(
-            out, label, ident, loader, tokenizer, template, rows, settings, cfg.seed, mbr_texts
-        )
+        outputs[label] = generate_for(out, label, ident, loader, tokenizer, template, rows, settings, cfg.seed)
     return outputs, {label: ident for label, (ident, _) in plans.items()}
 
 
 def generate_for(
-    out, label, identity, loader, tokenizer, template, rows, settings, seed, mbr_texts
+    out, label, identity, loader, tokenizer, template, rows, settings, seed
 ) -> list[str]:
     """One model's outputs for ``rows``: from its cache in ``out``/generations, generating (and
     loading it) only if needed. Sampling starts from ``seed`` for every model."""
-    key = cache_key(identity, settings, template, seed, mbr_texts)
+    key = cache_key(identity, settings, template, seed)
     cache = GenerationCache(
         out / "generations", label, key, {"model": identity, "settings": settings.decoding()}
     )
@@ -683,9 +673,7 @@ def generate_for(
     log(f"{label}: generating {todo} of {len(rows)} rows ({len(rows) - todo} cached)")
     model = loader()
     try:
-        return cached_describe(
-            model, tokenizer, template, rows, settings, cache, seed=seed, references=mbr_texts
-        )
+        return cached_describe(model, tokenizer, template, rows, settings, cache, seed=seed)
     finally:
         free(model)
         del model

@@ -20,9 +20,9 @@ data.drop_edition_note=false the selected rows' notes get
 their spaces back instead ("…to an alternatePaperbackedition." → "… alternate Paperback edition.");
 the same step (rawdata.respace_glue, on the selected rows) puts back the spaces between sentences
 and words that stripped markup glued together ("countries.He was", "hisEvening Post").
-With data.example_words, every row also gets its examples: the data.examples training rows whose
-titles share the most words with its own (never itself), stored as the lists example_title and
-example_content and shown in its prompt (prodesc.retrieval). The result appears under its final
+With data.example_words, every row also gets its example: the training row whose title shares
+the most words with its own (never itself), stored as the lists example_title and example_content
+(one entry, or none) and shown in its prompt (prodesc.retrieval). The result appears under its final
 name only when complete; re-running with the same settings skips the work (overwrite=true redoes it).
 With data.test_source (tst.json: a file, or a member of data.source's zip) the test split comes from
 the dataset's own test file instead, cleaned, filtered and deduplicated the same way, less the rows
@@ -33,12 +33,12 @@ them; the train and validation splits then share trn.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import itertools
 import json
 import os
-import random
 import shutil
 import threading
 import time
@@ -155,7 +155,7 @@ def fingerprint(
     """Identity of a prepared dataset: settings, seed, template, and the raw files' paths and sizes
     (the zip member's name, and the test file's, only where there is one)."""
     blob: dict[str, Any] = {
-        "data": {k: v for k, v in cfg.identity("data").items() if k != "name"},
+        "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "name"},
         "seed": cfg.seed,
         "template": template.to_dict(),
         "source": str(source.path),
@@ -205,26 +205,6 @@ def open_prepared(paths: RunPaths, splits: tuple[str, ...], columns: tuple[str, 
                 "run 01_prepare.py with overwrite=true"
             )
     return manifest, data
-
-
-def reference_descriptions(paths: RunPaths, count: int, seed: int) -> list[str]:
-    """``count`` descriptions of the prepared training split (all of them when it holds fewer),
-    a sample fixed by ``seed``: the real texts that eval.mbr_references compares candidates with.
-    An empty list, and nothing read, when ``count`` is 0 (the setting is off)."""
-    if not count:
-        return []
-    try:
-        _, data = open_prepared(paths, ("train",), ("content",))
-    except UserError as err:
-        raise UserError(f"eval.mbr_references={count} reads the training split: {err}") from None
-    train = data["train"]
-    if len(train) == 0:
-        raise UserError(f"{paths.prepared_dataset} has no train rows: eval.mbr_references needs some")
-    picked = sorted(random.Random(seed).sample(range(len(train)), min(count, len(train))))
-    return list(train.select(picked)["content"])
-
-
-# --------------------------------------------------------------------------- pass 1: stream
 
 
 def _key(seed: int, title: str, content: str) -> int:
@@ -673,12 +653,10 @@ def split_rows(parts: list[Path], selected, bounds, dedup: bool) -> Iterator[tup
                 yield names[split], uid, title, content
 
 
-def find_examples(
-    rows: Iterator[tuple[str, str, str, str]], words: int, count: int = 1
-) -> dict[str, list[list[Example]]]:
-    """data.example_words: each selected row's examples (by split, in the order of ``rows``), the
-    ``count`` most similar training rows' titles and first ``words`` words of description, most
-    similar first; a training row never gets itself. Fewer where the training split holds fewer."""
+def find_examples(rows: Iterator[tuple[str, str, str, str]], words: int) -> dict[str, list[list[Example]]]:
+    """data.example_words: each selected row's example (by split, in the order of ``rows``), the
+    most similar training row's title and first ``words`` words of description, as a list of one;
+    a training row never gets itself (none where the training split holds no other row)."""
     from tqdm.auto import tqdm
 
     titles: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -692,8 +670,8 @@ def find_examples(
     with tqdm(total=sum(map(len, titles.values())), desc="01 examples", unit="row", disable=None) as bar:
         for split in SPLITS:
             own = list(range(len(titles[split]))) if split == "train" else None
-            found = index.nearest_k(titles[split], count, exclude=own, progress=bar.update)
-            out[split] = [[(titles["train"][r], cut(contents[r], words)) for r in rs] for rs in found]
+            found = index.nearest(titles[split], exclude=own, progress=bar.update)
+            out[split] = [[(titles["train"][r], cut(contents[r], words))] if r >= 0 else [] for r in found]
     return out
 
 
@@ -870,7 +848,7 @@ def prepare(cfg: Config, paths: RunPaths, *, fast: bool = True) -> dict[str, Any
                     f"data.example_words compares every title with all {counts['train']:,} training titles: "
                     f"set data.train_size to at most {MAX_TRAIN_ROWS:,}, or data.example_words=0"
                 )
-            examples = find_examples(rows(), template.example_words, template.examples)
+            examples = find_examples(rows(), template.example_words)
         written = write_dataset(rows(), template, tmp / "dataset", scratch, examples)
         assert written == counts, (written, counts)  # every selected key maps to one row
         manifest = {
@@ -944,10 +922,7 @@ def format_manifest(manifest: dict[str, Any]) -> str:
     if test:
         lines.append(f"test file: {test['member'] + ' in ' if test['member'] else ''}{test['path']}")
     words = manifest["template"].get("example_words")
-    count = manifest["template"].get("examples", 1)
-    example = ""
-    if words:
-        example = f" + {count} examples of {words} words" if count > 1 else f" + an example of {words} words"
+    example = f" + an example of {words} words" if words else ""
     lines.append(f"template: {manifest['template']['name']}{example}   took {manifest['duration_s']} s")
     return "\n".join(lines)
 

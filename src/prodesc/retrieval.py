@@ -1,11 +1,11 @@
-"""The examples in the prompt (``data.example_words``): each title is shown to the model together
-with the most similar products of the prepared training split (``data.examples`` of them), their
-titles and the start of their descriptions, so the model can borrow the wording real descriptions
+"""The example in the prompt (``data.example_words``): each title is shown to the model together
+with the most similar product of the prepared training split, its title and the start of its
+description, so the model can borrow the wording real descriptions
 of such products use.
 
 Similarity is the Jaccard index of the two titles' word sets (lower-cased runs of letters and
 digits). A training row never gets itself. Ties, titles that share no word with any training
-title among them, go to the earliest training rows. :class:`TitleIndex` finds the best ones for a
+title among them, go to the earliest training row. :class:`TitleIndex` finds the best one for a
 batch of titles at a time with numpy (an inverted index of the training titles' words and one
 dense score row per title), so 01 handles a 10,000-row training split in seconds.
 """
@@ -20,14 +20,12 @@ WORD = re.compile(r"[a-z0-9]+")
 MAX_TRAIN_ROWS = 200_000
 """Largest training split 01 searches for examples: every title is compared with every training
 title, so the work grows with the square of the split (bench/retrieval.py measures it)."""
-MAX_EXAMPLES = 5
-"""Most examples a title is shown with (data.examples)."""
 SCORE_CELLS = 1 << 22
 """Titles scored at once x training titles: bounds the dense score matrix (32 MiB of float64)."""
 
 Example = tuple[str, str]
-"""(title, description cut to data.example_words words) of a training row; a title is shown with
-data.examples of them, the most similar first."""
+"""(title, description cut to data.example_words words) of a training row. A title's examples are
+a list: the most similar training row's, or none."""
 
 
 def titles_line(examples: Sequence[Example]) -> str:
@@ -36,12 +34,9 @@ def titles_line(examples: Sequence[Example]) -> str:
 
 
 def stored_examples(titles: Any, contents: Any) -> list[Example]:
-    """A row's examples from its example_title/example_content columns: one list entry per
-    example, or one text each in data prepared before data.examples existed (None: no example)."""
+    """A row's examples from its example_title/example_content columns (None: no example)."""
     if titles is None:
         return []
-    if isinstance(titles, str):
-        return [(titles, contents)]
     return list(zip(titles, contents))
 
 
@@ -83,29 +78,17 @@ class TitleIndex:
         exclude: Sequence[int] | None = None,
         progress: Callable[[int], Any] | None = None,
     ) -> list[int]:
-        """For each title, the row of the most similar training title (-1 when there is none:
-        an empty index, or a one-row index whose only row is excluded). ``exclude[i]``: a row
-        title i may not get (its own, for a training title), or -1. ``progress(n)`` is called
-        after each batch of n titles."""
-        return [rows[0] if rows else -1 for rows in self.nearest_k(titles, 1, exclude, progress)]
-
-    def nearest_k(
-        self,
-        titles: Sequence[str],
-        k: int,
-        exclude: Sequence[int] | None = None,
-        progress: Callable[[int], Any] | None = None,
-    ) -> list[list[int]]:
-        """For each title, the rows of the ``k`` most similar training titles, most similar first
-        (the earliest row first among equals); fewer when the index holds fewer allowed rows.
-        ``exclude`` and ``progress`` as in :meth:`nearest`."""
+        """For each title, the row of the most similar training title (the earliest row among
+        equals; -1 when there is none: an empty index, or a one-row index whose only row is
+        excluded). ``exclude[i]``: a row title i may not get (its own, for a training title), or
+        -1. ``progress(n)`` is called after each batch of n titles."""
         import numpy as np
 
         n = self.size
         if not n:
-            return [[] for _ in titles]
+            return [-1 for _ in titles]
         batch = max(1, SCORE_CELLS // n)
-        out: list[list[int]] = []
+        out: list[int] = []
         for start in range(0, len(titles), batch):
             chunk = titles[start:start + batch]
             flat, query_lengths = [], []
@@ -122,13 +105,8 @@ class TitleIndex:
                 own = np.asarray(exclude[start:start + len(chunk)], dtype=np.int64)
                 mine = np.flatnonzero(own >= 0)
                 score[mine, own[mine]] = -1.0
-            every = np.arange(len(chunk))
-            picks = []
-            for _ in range(min(k, n)):  # k passes of argmax: the first of equals, the earliest row
-                best = score.argmax(axis=1)
-                picks.append(np.where(score[every, best] < 0, -1, best))
-                score[every, best] = -1.0
-            out += [[int(r) for r in rows if r >= 0] for rows in np.stack(picks, axis=1).tolist()]
+            best = score.argmax(axis=1)  # the first of equals: the earliest row
+            out += np.where(score[np.arange(len(chunk)), best] < 0, -1, best).tolist()
             if progress is not None:
                 progress(len(chunk))
         return out
@@ -138,12 +116,12 @@ class ExampleFinder:
     """A training split's titles and descriptions: :meth:`examples` gives a new title's examples
     (the web page and 04, which take any title)."""
 
-    def __init__(self, titles: Sequence[str], contents: Sequence[str], words: int, count: int = 1) -> None:
+    def __init__(self, titles: Sequence[str], contents: Sequence[str], words: int) -> None:
         self.titles, self.contents = list(titles), list(contents)
-        self.words, self.count = words, count
+        self.words = words
         self.index = TitleIndex(self.titles)
 
     def examples(self, title: str) -> list[Example]:
-        """The ``count`` most similar training products, most similar first (none: an empty split)."""
-        rows = self.index.nearest_k([title], self.count)[0]
-        return [(self.titles[row], cut(self.contents[row], self.words)) for row in rows]
+        """The most similar training product, as a list of one (none: an empty split)."""
+        row = self.index.nearest([title])[0]
+        return [(self.titles[row], cut(self.contents[row], self.words))] if row >= 0 else []

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from prodesc.errors import ConfigError
-from prodesc.retrieval import MAX_EXAMPLES
 
 if TYPE_CHECKING:
     from prodesc.config import Config
@@ -49,8 +48,6 @@ class PromptTemplate:
     """Set from data.example_words by 01, not in a template file: with > 0 each title is followed
     by an example, the most similar training product's title and the first this many words of
     its description (:mod:`prodesc.retrieval`). 0 = the title alone."""
-    examples: int = 1
-    """Set from data.examples by 01: how many examples each title is shown with (example_words > 0)."""
 
     def __post_init__(self) -> None:
         where = f"prompt template '{self.name}'"
@@ -63,10 +60,6 @@ class PromptTemplate:
             raise ConfigError(f"{where}: 'system' is only for kind: chat")
         if not isinstance(self.example_words, int) or self.example_words < 0:
             raise ConfigError(f"{where}: example_words must be a whole number >= 0, got {self.example_words!r}")
-        if not isinstance(self.examples, int) or not 1 <= self.examples <= MAX_EXAMPLES:
-            raise ConfigError(
-                f"{where}: examples must be a whole number from 1 to {MAX_EXAMPLES}, got {self.examples!r}"
-            )
 
     def format_prompt(self, title: str, examples: Sequence[tuple[str, str]] = ()) -> Any:
         """The model input for ``title``: a list of messages (chat) or a string (text). With
@@ -82,7 +75,7 @@ class PromptTemplate:
         if not self.example_words or not examples:
             return title
         shown = "\n\n".join(f"Title: {t}\nDescription: {d}" for t, d in examples)
-        return f"{title}\n\n{EXAMPLE_INTROS[len(examples) - 1]}\n{shown}"
+        return f"{title}\n\n{EXAMPLE_INTRO}\n{shown}"
 
     def format_completion(self, content: str) -> Any:
         """The training target for ``content``, in the same form as :meth:`format_prompt`."""
@@ -105,15 +98,8 @@ class PromptTemplate:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        """The template as stored in manifests and adapters (and hashed into their identities);
-        example_words only when on and examples only when more than one, so templates written
-        before either setting keep their identity."""
-        out = asdict(self)
-        if not self.example_words:
-            out.pop("example_words")
-        if not self.example_words or self.examples == 1:
-            out.pop("examples")
-        return out
+        """The template as stored in manifests and adapters (and hashed into their identities)."""
+        return asdict(self)
 
 
 CHAT_DATE = "26 Jul 2024"
@@ -157,12 +143,8 @@ def _check_fields(where: str, part: str, text: str, allowed: set[str], required:
         raise ConfigError(f"{where}: {part} must contain {{{required}}}")
 
 
-EXAMPLE_INTROS = tuple(
-    ["A similar product in the store, for reference:"]
-    + [f"{n} similar products in the store, for reference:" for n in ("Two", "Three", "Four", "Five")]
-)
-"""The line before the examples, by how many there are (data.examples)."""
-assert len(EXAMPLE_INTROS) == MAX_EXAMPLES
+EXAMPLE_INTRO = "A similar product in the store, for reference:"
+"""The line before the example (data.example_words)."""
 
 SYSTEM = (
     "You write product descriptions for an online store. Given a product title, write the "
@@ -220,7 +202,7 @@ def template_for(cfg: "Config", paths: "RunPaths") -> PromptTemplate:
         )
     else:
         template = load_template_file(paths.inside_root(spec, "data.template"))
-    return replace(template, example_words=cfg.data.example_words, examples=cfg.data.examples)
+    return replace(template, example_words=cfg.data.example_words)
 
 
 def load_template_file(path: Path) -> PromptTemplate:
@@ -233,20 +215,19 @@ def load_template_file(path: Path) -> PromptTemplate:
         raise ConfigError(f"prompt template file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"prompt template file {path} must be a mapping of fields")
-    for key in ("example_words", "examples"):
-        if key in raw:
-            raise ConfigError(f"prompt template file {path}: remove {key} and set data.{key} instead")
+    if "example_words" in raw:
+        raise ConfigError(f"prompt template file {path}: remove example_words and set data.example_words instead")
     return from_dict({"name": path.stem, **raw}, where=str(path))
 
 
 def from_dict(raw: dict[str, Any], where: str = "template") -> PromptTemplate:
     """Rebuild a template (from a manifest or a YAML file), rejecting unknown fields."""
-    known = {"name", "kind", "prompt", "completion", "system", "example_words", "examples"}
+    known = {"name", "kind", "prompt", "completion", "system", "example_words"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown template field '{unknown[0]}' (known: {', '.join(sorted(known))})")
     for key, value in raw.items():
-        if key in ("example_words", "examples"):
+        if key == "example_words":
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{where}: template field '{key}' must be a whole number, got {value!r}")
         elif not isinstance(value, str):

@@ -22,7 +22,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import resource
 import shutil
 from collections.abc import Iterator
@@ -62,7 +61,6 @@ RESUME_LOCKED_KEYS = (
     "train.warmup",
     "train.optim",
     "train.overlong",
-    "train.neftune_noise_alpha",
 )
 """Keys that may not change between a checkpoint and its resume: they change the model, the
 training examples, the data order or the learning-rate schedule, so the resumed run would not continue the same training."""
@@ -209,9 +207,7 @@ def drop_overlong(
     to stop (measured: on the bundled sample with max_length 128, the adapter's EOS log-probability
     after a reference description fell from -4.3 to -6.6 in 8 steps, and greedy outputs rambled).
     ``mode="truncate"`` (``train.overlong``, decoder-only models) keeps them all: TRL cuts each
-    to max_length. ``mode="sentence"`` cuts each long completion at its last sentence end that
-    fits (see :func:`cut_at_sentence`) and drops only those that cannot be cut. Returns the kept
-    data and, per split, how many examples were dropped.
+    to max_length. Returns the kept data and, per split, how many examples were dropped.
     """
     if mode == "truncate":
         if fam.name != family.CAUSAL.name:
@@ -222,14 +218,6 @@ def drop_overlong(
         return data, {split: 0 for split in data}
     kept, dropped = {}, {}
     for split, ds in data.items():
-        if mode == "sentence":
-            cut = ds.map(lambda ex: cut_at_sentence(ex, tokenizer, max_length, fam),
-                         desc=f"sentence cut ({split})")
-            n_cut = sum(a != b for a, b in zip(ds["completion"], cut["completion"]))
-            if n_cut:
-                log(f"{split}: cut {n_cut} of {len(ds)} examples longer than model.max_length={max_length} "
-                    "tokens at their last sentence end that fits")
-            ds = cut
         keep = ds.filter(lambda ex: fam.example_length(ex, tokenizer) <= max_length, desc=f"length check ({split})")
         kept[split], dropped[split] = keep, len(ds) - len(keep)
         if dropped[split]:
@@ -241,39 +229,6 @@ def drop_overlong(
             "model.max_length or lower data.max_content_chars and re-run 01_prepare.py"
         )
     return kept, dropped
-
-
-SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
-"""The end of a sentence: . ! or ? (and any closing quotes or brackets), then a space or the end."""
-
-
-def cut_at_sentence(
-    example: dict[str, Any], tokenizer: Any, max_length: int, fam: family.Family
-) -> dict[str, Any]:
-    """``example`` with its completion cut after the last sentence end at which the example fits
-    ``max_length`` tokens (EOS included); unchanged if it already fits or no sentence end fits (the
-    length check then drops it). Binary search over the sentence ends: a longer prefix never
-    tokenizes shorter."""
-    if fam.example_length(example, tokenizer) <= max_length:
-        return example
-    completion = example["completion"]
-    text = completion if isinstance(completion, str) else completion[-1]["content"]
-
-    def with_text(cut: str) -> dict[str, Any]:
-        if isinstance(completion, str):
-            return {**example, "completion": cut}
-        return {**example, "completion": [*completion[:-1], {**completion[-1], "content": cut}]}
-
-    ends = [m.end() for m in SENTENCE_END.finditer(text)]
-    best, lo, hi = example, 0, len(ends) - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        candidate = with_text(text[: ends[mid]])
-        if fam.example_length(candidate, tokenizer) <= max_length:
-            best, lo = candidate, mid + 1
-        else:
-            hi = mid - 1
-    return best
 
 
 def expected_template(cfg: Config, paths: RunPaths) -> templates.PromptTemplate | None:
@@ -488,7 +443,6 @@ def training_args(
         optim=t.optim,
         logging_nan_inf_filter=False,
         torch_empty_cache_steps=None,
-        neftune_noise_alpha=t.neftune_noise_alpha or None,
         bf16=bf16,
         fp16=fp16,
         use_cpu=not models.cuda_available(),

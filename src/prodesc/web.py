@@ -2,10 +2,9 @@
 
 A title box, the decoding knobs of the ``eval`` section (:data:`KNOBS`) plus the seed, and the base
 and fine-tuned descriptions side by side; the fine-tuned one streams in as it is generated (greedy
-or sampling; beam search and eval.mbr_samples show it when done). Example titles come from the test
-split of the prepared data. A model trained with data.example_words sees each title with examples
-(the data.examples most similar products of the training split): the page shows them under the
-descriptions.
+or sampling; beam search shows it when done). Example titles come from the test split of the
+prepared data. A model trained with data.example_words sees each title with an example (the most
+similar product of the training split): the page shows it under the descriptions.
 
 The page calls :meth:`prodesc.demo.Demo.generate`, the same code as the command line, so a title
 gives the same description on both. gradio is imported inside the functions only.
@@ -45,7 +44,6 @@ class Knob:
 KNOBS = (
     Knob("max_new_tokens", "max new tokens", 8, 512, 8),
     Knob("min_new_tokens", "min new tokens (0 = off)", 0, 256, 8),
-    Knob("eos_bias", "end-token bias (< 0 = longer)", -10.0, 10.0, 0.5),
     Knob("num_beams", "beams (1 = no beam search)", 1, 8, 1),
     Knob("do_sample", "sample (off = greedy or beam search)"),
     Knob("temperature", "temperature (sampling)", 0.05, 2.0, 0.05),
@@ -53,7 +51,6 @@ KNOBS = (
     Knob("top_k", "top-k (sampling; 0 = off)", 0, 200, 1),
     Knob("repetition_penalty", "repetition penalty", 1.0, 2.0, 0.05),
     Knob("no_repeat_ngram_size", "no repeated n-grams of size (0 = off)", 0, 8, 1),
-    Knob("mbr_samples", "sampled candidates to choose from (0 = off)", 0, 16, 1),
     Knob("stop_at_turn", "stop at the chat format's turn tokens, as at its end token"),
     Knob("seed", "seed (fixes sampling)"),
 )
@@ -183,10 +180,8 @@ def build_app(demo: Any, cfg: Config, examples: list[str]) -> Any:
             tuned = gr.Textbox(label="fine-tuned", elem_id="tuned-output", lines=8, interactive=False)
         outputs = [base, tuned]
         if with_example:
-            several = demo.template.examples > 1
             outputs.append(gr.Textbox(
-                label="examples in the prompt: the most similar training products (data.examples)" if several
-                else "example in the prompt: the most similar training product (data.example_words)",
+                label="example in the prompt: the most similar training product (data.example_words)",
                 elem_id="example-output", lines=3, interactive=False,
             ))
         with gr.Accordion("decoding settings", open=False):
