@@ -529,7 +529,7 @@ def _judge_rerun(trial: Trial, stage: Stage, rc: int | None, lock_left: bool) ->
 
 
 def prepared_problem(paths: RunPaths, expect: dict[str, Any] | None = None) -> str | None:
-    from prodesc.prepare import open_prepared, read_manifest
+    from prodesc.prepared import open_prepared, read_manifest
 
     manifest = read_manifest(paths.prepared_manifest)
     if manifest is None:
@@ -563,7 +563,7 @@ def trials_01(work: Path, n: int, rng: random.Random, say: Callable[[str], None]
     if rc != 0:
         raise RuntimeError(f"the uninterrupted 01 run failed: {stage.last_error()}")
     ref_paths = stage_paths([f"paths.root={ref_root}", *PREPARE_01])
-    from prodesc.prepare import open_prepared
+    from prodesc.prepared import open_prepared
 
     _, ref_data = open_prepared(ref_paths, ("train", "validation", "test"), ("uid",))
     expect = {s: ref_data[s]["uid"] for s in ("train", "validation", "test")}

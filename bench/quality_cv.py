@@ -138,7 +138,7 @@ def add_reference_points(args: argparse.Namespace, seed: int, rows: list[dict]) 
     """Add ``constant_output`` and ``nearest_output`` to each row, from the seed's training split."""
     from prodesc.config import load_config
     from prodesc.paths import RunPaths
-    from prodesc.prepare import open_prepared
+    from prodesc.prepared import open_prepared
 
     cfg = load_config(args.preset, [f"data.source={args.source}", f"seed={seed}", *args.overrides])
     train = open_prepared(RunPaths.from_config(cfg, args.root), ("train",), ("title", "content"))[1]["train"]

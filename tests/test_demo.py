@@ -207,7 +207,7 @@ def test_adapter_and_merged_sources_agree(merged_run, capsys, narrow):
     own writes (float32 on CPU: exact)."""
     from dataclasses import replace
 
-    from prodesc import merge
+    from prodesc import models
     from prodesc.generate import GenSettings, describe, prepare_for_generation
 
     overrides, paths = merged_run
@@ -223,10 +223,10 @@ def test_adapter_and_merged_sources_agree(merged_run, capsys, narrow):
     assert tuned_outputs(captured.out) == from_merged and len(from_merged) == 2
     base = re.findall(r"--- base model ---\n(.*?)\n--- fine-tuned", captured.out, re.S)
     cfg, _ = stage_paths(overrides)
-    tokenizer = prepare_for_generation(merge.load_tokenizer(paths.adapter, cfg))
-    alone = merge.load_model(merge.base_model_path(cfg, paths), cfg)
+    tokenizer = prepare_for_generation(models.load_tokenizer(paths.adapter, cfg))
+    alone = models.load_model(models.base_model_path(cfg, paths), cfg)
     settings = replace(GenSettings.from_eval(cfg.eval), batch_size=1)
-    template = merge.adapter_template(paths)
+    template = models.adapter_template(paths)
     want = [describe(alone, tokenizer, template, [t], settings, progress=False)[0] for t in TITLES]
     assert ["".join(b.split()) for b in base] == ["".join(w.split()) for w in want] and all(want)
     assert base != from_merged
@@ -238,24 +238,24 @@ def test_base_and_fine_tuned_hold_one_copy_of_the_weights(merged_run, monkeypatc
     load, of the base model, and the two models' parameters are the same tensors plus the adapter."""
     from dataclasses import replace
 
-    from prodesc import merge
+    from prodesc import merge, models
     from prodesc.generate import GenSettings
 
     overrides, paths = merged_run
     cfg, _ = stage_paths(overrides)
     loads: list[str] = []
-    real = merge.load_model
-    monkeypatch.setattr(merge, "load_model", lambda path, c: loads.append(str(path)) or real(path, c))
-    base_path = merge.base_model_path(cfg, paths)
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda path, c: loads.append(str(path)) or real(path, c))
+    base_path = models.base_model_path(cfg, paths)
     settings = replace(GenSettings.from_eval(cfg.eval), batch_size=1)
-    shown = demo.Demo(cfg, paths, base_path, merge.adapter_template(paths), settings, with_base=True)
+    shown = demo.Demo(cfg, paths, base_path, models.adapter_template(paths), settings, with_base=True)
     assert loads == [base_path]
     tensors = {p.data_ptr(): p.numel() * p.element_size()
                for model in (shown.base, shown.tuned) for p in model.parameters()}
     one_copy = merge.estimated_bytes_on_disk(paths.merged, 4)
     assert one_copy < sum(tensors.values()) < 1.5 * one_copy  # the weights once + the LoRA matrices
     loads.clear()
-    alone = demo.Demo(cfg, paths, base_path, merge.adapter_template(paths), settings, with_base=False)
+    alone = demo.Demo(cfg, paths, base_path, models.adapter_template(paths), settings, with_base=False)
     assert loads == [str(paths.merged)] and alone.base is None  # --no-base: the merged model only
 
 

@@ -19,7 +19,7 @@ from conftest import (
     write_prepared,
     write_tiny_adapter,
 )
-from prodesc import merge
+from prodesc import evaluation, merge, models
 from prodesc.errors import UserError
 
 XSS = "<script>alert(1)</script>"
@@ -100,18 +100,18 @@ def evaluated(tiny_model_dir, tmp_path_factory):
     ],
 )
 def test_bnb_4bit_names_map_to_16bit(name, expected):
-    assert merge.base_16bit_name(name) == expected
+    assert models.base_16bit_name(name) == expected
 
 
 def test_same_base_check():
-    merge.check_same_base("unsloth/llama-3-8b-bnb-4bit", "unsloth/llama-3-8b", "unsloth/llama-3-8b")
-    merge.check_same_base(
+    models.check_same_base("unsloth/llama-3-8b-bnb-4bit", "unsloth/llama-3-8b", "unsloth/llama-3-8b")
+    models.check_same_base(
         "/old/root/models/smollm2-135m-instruct",
         "/new/root/models/smollm2-135m-instruct",
         "smollm2-135m-instruct",
     )
     with pytest.raises(UserError, match="trained on 'org/other-model'"):
-        merge.check_same_base("org/other-model", "/x/models/smollm2-135m-instruct", "smollm2-135m-instruct")
+        models.check_same_base("org/other-model", "/x/models/smollm2-135m-instruct", "smollm2-135m-instruct")
 
 
 def test_size_estimate_from_safetensors_headers(tiny_model_dir):
@@ -125,9 +125,9 @@ def test_size_estimate_from_safetensors_headers(tiny_model_dir):
 
 
 def test_select_rows_is_seeded():
-    assert merge.select_rows(10, "all", 1) == list(range(10)) == merge.select_rows(10, 50, 1)
-    a = merge.select_rows(1000, 20, 42)
-    assert a == merge.select_rows(1000, 20, 42) != merge.select_rows(1000, 20, 43) and a == sorted(a)
+    assert evaluation.select_rows(10, "all", 1) == list(range(10)) == evaluation.select_rows(10, 50, 1)
+    a = evaluation.select_rows(1000, 20, 42)
+    assert a == evaluation.select_rows(1000, 20, 42) != evaluation.select_rows(1000, 20, 43) and a == sorted(a)
 
 
 def test_help_and_print_config_do_not_import_torch():
@@ -183,7 +183,7 @@ def test_not_enough_disk_space_is_refused(eval_run, monkeypatch, capsys):
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded before the disk check")
 
-    monkeypatch.setattr(merge, "load_model", no_loading)
+    monkeypatch.setattr(models, "load_model", no_loading)
     assert run(overrides) == 2
     assert "not enough disk space" in capsys.readouterr().err
     assert not paths.merged.exists() and not any(paths.run.glob(".merged_fp16*"))
@@ -251,7 +251,7 @@ def hub_8b_run(tiny_model_dir, tmp_path, monkeypatch):
     def no_loading(path, cfg):
         raise UserError(f"stand-in: {path} was about to be loaded")
 
-    monkeypatch.setattr(merge, "load_model", no_loading)
+    monkeypatch.setattr(models, "load_model", no_loading)
     overrides = tiny_overrides(tiny_model_dir, tmp_path / "root", *EVAL_OVERRIDES, f"model.name={HUB_8B}",
                                "model.dtype=bfloat16")
     _, paths = stage_paths(overrides)
@@ -298,8 +298,8 @@ def test_tuned_adapter_evaluates_without_a_merged_model(eval_run, monkeypatch):
     assert load_config("t4").eval.tuned == "merged"
     overrides, paths = eval_run
     loads: list[str] = []
-    real = merge.load_model
-    monkeypatch.setattr(merge, "load_model", lambda path, cfg: loads.append(str(path)) or real(path, cfg))
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model", lambda path, cfg: loads.append(str(path)) or real(path, cfg))
     assert run([*overrides, "eval.tuned=adapter"]) == 0
     assert not paths.merged.exists() and not any(paths.run.glob(".merged_fp16*"))
     assert str(paths.merged) not in loads and len(loads) == 3  # base, base + adapter, base + checkpoint-2

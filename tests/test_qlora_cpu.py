@@ -127,8 +127,8 @@ def test_4bit_path_end_to_end_on_cpu(tiny64_model_dir, tmp_path, capsys):
     times["04"] = time.monotonic() - start
     shown = capsys.readouterr().out
     cfg, _ = stage_paths([*killed, *decoding])
-    merged = merge.load_model(paths.merged, cfg)
-    want = describe(merged, AutoTokenizer.from_pretrained(str(paths.merged)), merge.adapter_template(paths),
+    merged = models.load_model(paths.merged, cfg)
+    want = describe(merged, AutoTokenizer.from_pretrained(str(paths.merged)), models.adapter_template(paths),
                     [TITLE], replace(GenSettings.from_eval(cfg.eval), batch_size=1), progress=False)[0]
     assert f"=== {TITLE}" in shown and want.strip() and want in shown
     with capsys.disabled():

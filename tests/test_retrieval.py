@@ -129,7 +129,8 @@ def test_example_words_count_in_the_data_fingerprint():
 
 
 def test_prepare_stores_each_rows_example(tmp_path):
-    from prodesc.prepare import format_manifest, open_prepared
+    from prodesc.prepare import format_manifest
+    from prodesc.prepared import open_prepared
 
     cfg, paths = stage_paths([f"paths.root={tmp_path}", "data.name=ex"])
     write_prepared(paths, n_train=30, n_val=6, n_test=6, extra=("data.example_words=4",))
@@ -170,7 +171,8 @@ def test_prepare_refuses_a_training_split_too_big_to_search(tmp_path, monkeypatc
 def test_examples_on_real_rows(tmp_path):
     """cpu-quality's setting on the 203 real rows: every example is a best match by the definition,
     most share a word with their title, and the prompt fits the preset's max_length."""
-    from prodesc.prepare import open_prepared, prepare
+    from prodesc.prepare import prepare
+    from prodesc.prepared import open_prepared
 
     from prodesc.paths import RunPaths
 
@@ -223,7 +225,7 @@ def test_training_and_evaluation_show_the_examples(example_run, monkeypatch):
     """The adapter keeps the template with example_words; 03 builds each test row's prompt with
     the example 01 stored, as training saw it."""
     from prodesc import generate, merge
-    from prodesc.prepare import open_prepared
+    from prodesc.prepared import open_prepared
 
     overrides, paths = example_run
     kept = json.loads((paths.adapter / "prompt_template.json").read_text())
@@ -273,7 +275,7 @@ def test_demo_finds_the_examples_in_the_training_split(example_run, monkeypatch,
     import shutil
 
     from prodesc import demo, generate
-    from prodesc.prepare import open_prepared
+    from prodesc.prepared import open_prepared
 
     overrides, paths = example_run
     train = open_prepared(paths, ("train",), ())[1]["train"]
@@ -292,14 +294,14 @@ def test_demo_finds_the_examples_in_the_training_split(example_run, monkeypatch,
 def test_web_page_shows_the_examples_in_the_prompt(example_run):
     """The page built over a demo with examples has an example box, and its handler fills it with
     the examples the prompt holds (what 04 prints), next to the descriptions."""
-    from prodesc import merge, web
+    from prodesc import models, web
     from prodesc.demo import Demo
     from prodesc.generate import GenSettings
-    from prodesc.prepare import open_prepared
+    from prodesc.prepared import open_prepared
 
     overrides, paths = example_run
     cfg, _ = stage_paths(overrides)
-    demo = Demo(cfg, paths, merge.base_model_path(cfg, paths), merge.adapter_template(paths),
+    demo = Demo(cfg, paths, models.base_model_path(cfg, paths), models.adapter_template(paths),
                 GenSettings.from_eval(cfg.eval), with_base=False)
     train = open_prepared(paths, ("train",), ())[1]["train"]
     title = "Acme Compact Water Bottle 500 ml"

@@ -22,7 +22,7 @@ from conftest import (
     EVAL_OVERRIDES, PYTHON, run_stage_subprocess, stage_env, stage_paths, synthetic_rows, tiny_overrides,
 )
 from prodesc import config as config_mod
-from prodesc import hftoken, merge, models, prepare, train
+from prodesc import hftoken, models, prepare, train
 from prodesc.errors import ConfigError, UserError
 from prodesc.paths import RunPaths
 
@@ -76,11 +76,11 @@ def test_repository_code_never_runs_unless_trusted(tiny_model_dir, tmp_path):
     script = (
         "import sys, os\n"
         "from pathlib import Path\n"
-        "from prodesc import config, merge, models\n"
+        "from prodesc import config, models\n"
         "trust = sys.argv[2]\n"
         "cfg = config.load_config('cpu', [f'model.name={sys.argv[1]}', f'model.trust_remote_code={trust}',"
         " 'model.backend=hf', 'lora.r=2', 'lora.alpha=4'])\n"
-        "for name, load in (('merge', lambda: merge.load_model(sys.argv[1], cfg)),\n"
+        "for name, load in (('merge', lambda: models.load_model(sys.argv[1], cfg)),\n"
         "                   ('train', lambda: models.load_for_training(cfg, sys.argv[1], 'hf'))):\n"
         "    try:\n"
         "        load()\n"
@@ -130,7 +130,7 @@ def test_pickle_only_model_folder_is_refused_and_never_unpickled(tiny_model_dir,
     assert "\n" not in msg and "pytorch_model.bin" in msg and "safetensors only" in msg
     # the loaders themselves ask transformers for safetensors only
     with pytest.raises(UserError, match="cannot load model"):
-        merge.load_model(folder, cfg)
+        models.load_model(folder, cfg)
     assert not marker.exists()
 
 
@@ -141,9 +141,9 @@ def test_pickled_adapter_is_refused(tiny_model_dir, tmp_path):
     marker = tmp_path / "unpickled"
     (adapter / "adapter_model.bin").write_bytes(pickle.dumps(_Booby(marker)))
     cfg = config_mod.load_config("cpu", [f"model.name={tiny_model_dir}"])
-    base = merge.load_model(tiny_model_dir, cfg)
+    base = models.load_model(tiny_model_dir, cfg)
     with pytest.raises(UserError, match="has no adapter_model.safetensors: .* safetensors only"):
-        merge.with_adapter(base, adapter)
+        models.with_adapter(base, adapter)
     assert not marker.exists()
 
 

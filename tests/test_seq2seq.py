@@ -17,7 +17,7 @@ from conftest import (
     EVAL_OVERRIDES, run_stage_subprocess, stage_paths, synthetic_rows, tiny_overrides,
     write_prepared, write_tiny_adapter,
 )
-from prodesc import checkpoints, config, family, generate, merge, models, train, trainlog
+from prodesc import checkpoints, config, evaluation, family, generate, merge, models, train, trainlog
 from prodesc.errors import ConfigError, UserError
 from test_train import adapter_tensors, kill_02_after, max_abs_diff
 
@@ -293,7 +293,7 @@ def test_merge_and_evaluation_csv(t5_run):
     table = list(csv.DictReader(io.StringIO((paths.eval / "side_by_side.csv").read_text(encoding="utf-8-sig"))))
     assert len(table) == 6
     assert {"uid", "title", "reference", "base_output", "tuned_output", "rougeL_delta"} <= set(table[0])
-    outputs = json.loads((paths.eval / merge.OUTPUTS_FILE).read_text())
+    outputs = json.loads((paths.eval / evaluation.OUTPUTS_FILE).read_text())
     assert outputs["family"] == "seq2seq" and [r["tuned_output"] for r in table] == outputs["outputs"]["tuned"]
     # seq2seq outputs never start by repeating the prompt (a causal slicing bug would)
     for row in table:
@@ -315,7 +315,7 @@ def test_demo_prints_the_merged_models_description(t5_run, capsys):
     assert f"=== {title}" in out and "base model" in out and "fine-tuned" in out
     model = AutoModelForSeq2SeqLM.from_pretrained(str(paths.merged)).eval()
     tok = AutoTokenizer.from_pretrained(str(paths.merged))
-    template = merge.adapter_template(paths)
+    template = models.adapter_template(paths)
     want = describe(model, tok, template, [title], GenSettings(max_new_tokens=8, batch_size=1), progress=False)[0]
     assert want.strip() and want in out  # streamed as generated, then laid out beside the base's
 
@@ -351,7 +351,7 @@ def test_causal_and_seq2seq_runs_side_by_side_in_one_csv(t5_run, tiny_model_dir,
     assert metrics["family"] == "causal" and metrics["compared_runs"]["t5_tuned"]["family"] == "seq2seq"
     assert "t5_tuned: " in (paths.eval / "report.html").read_text()
     # the run's own outputs.json holds only its own models (no chains of comparisons)
-    assert set(json.loads((paths.eval / merge.OUTPUTS_FILE).read_text())["outputs"]) == {"base", "tuned"}
+    assert set(json.loads((paths.eval / evaluation.OUTPUTS_FILE).read_text())["outputs"]) == {"base", "tuned"}
 
     # other test rows (another eval.rows) → a clear error before any work
     assert merge.main(["--preset", "cpu", *causal, "eval.rows=4", "eval.compare_runs=t5"]) == 2

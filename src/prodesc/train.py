@@ -35,7 +35,7 @@ from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.errors import ConfigError, UserError
 from prodesc.paths import RunPaths
-from prodesc.prepare import open_prepared, read_manifest
+from prodesc.prepared import open_prepared, read_manifest
 
 TENSORBOARD_ENV = "TENSORBOARD_LOGGING_DIR"
 

@@ -60,7 +60,7 @@ def example_titles(paths: RunPaths, count: int = EXAMPLES) -> list[str]:
     """The first ``count`` titles of the prepared test split; none (and a log line) when there is
     no prepared data: the page works without examples."""
     from prodesc.errors import UserError
-    from prodesc.prepare import open_prepared
+    from prodesc.prepared import open_prepared
 
     try:
         _, data = open_prepared(paths, ("test",), ("title",))
