@@ -147,9 +147,9 @@ def knob_values(cfg, **changes) -> list:
     """The web page's knob values (prodesc.web.KNOBS order) for ``cfg``, with ``changes``."""
     from prodesc.web import KNOBS
 
-    values = {k.name: (cfg.seed if k.name == "seed" else getattr(cfg.eval, k.name)) for k in KNOBS}
+    values = {name: (cfg.seed if name == "seed" else getattr(cfg.eval, name)) for name in KNOBS}
     values.update(changes)
-    return [values[k.name] for k in KNOBS]
+    return [values[name] for name in KNOBS]
 
 
 def stage_env() -> dict[str, str]:

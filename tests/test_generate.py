@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from conftest import write_tiny_adapter
-from prodesc.config import EvalConfig
+from prodesc.config import DecodingConfig, EvalConfig
 from prodesc.generate import (
     GenerationCache,
     GenSettings,
@@ -113,7 +114,7 @@ def test_every_knob_reaches_generate(tiny):
     )
     describe(wrapped, tok, BUILTIN["chat"], TITLES[:2], s, progress=False)
     kw = wrapped.kwargs[0]
-    for key, value in [
+    checked = [
         ("max_new_tokens", 3),
         ("min_new_tokens", 2),
         ("do_sample", True),
@@ -123,8 +124,13 @@ def test_every_knob_reaches_generate(tiny):
         ("repetition_penalty", 1.3),
         ("no_repeat_ngram_size", 2),
         ("num_beams", 1),
-    ]:
+    ]
+    for key, value in checked:
         assert kw[key] == value, key
+    # a knob declared in DecodingConfig needs a check here or a test of its own (named here)
+    own_tests = {"repetition_scope": test_repetition_scope_decides_whether_the_title_counts,
+                 "stop_at_turn": test_turn_tokens_end_the_text_and_wait_for_min_new_tokens}
+    assert {k for k, _ in checked} | set(own_tests) == {f.name for f in dataclasses.fields(DecodingConfig)}
     assert kw["pad_token_id"] == tok.pad_token_id and tok.eos_token_id in kw["eos_token_id"]
     greedy = generate_kwargs(GenSettings(), tok, model)
     assert greedy["do_sample"] is False and greedy["temperature"] is None

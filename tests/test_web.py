@@ -117,6 +117,37 @@ def test_bad_knob_values_and_an_empty_title_are_page_errors(web_run):
         list(describe(TITLE, *knob_values(cfg, do_sample=True, temperature=0)))
 
 
+def test_every_decoding_knob_is_a_setting_and_a_page_control_unless_declared_off_the_page(web_run):
+    """DecodingConfig declares the knobs once: each one is a GenSettings field in the cache key and
+    a control on the page that reaches the settings, unless its declaration says page=None."""
+    import dataclasses
+
+    from prodesc.config import DecodingConfig
+    from prodesc.generate import GenSettings
+    from prodesc.web import KNOBS, build_app, settings_from
+
+    knobs = dataclasses.fields(DecodingConfig)
+    assert [f.name for f in knobs if "page" not in f.metadata] == [], "declare knobs with config.knob()"
+    assert list(GenSettings().decoding()) == [f.name for f in knobs]
+    on_page = {f.name: f.metadata["page"] for f in knobs if f.metadata["page"] is not None}
+    assert [f.name for f in knobs if f.name not in on_page] == ["repetition_scope"]  # docs/stages.md says so
+
+    cfg, _, demo = load_demo(web_run[0], with_base=False)
+    page = build_app(demo, cfg, []).get_config_file()["components"]
+    props = {c["props"].get("elem_id"): c["props"] for c in page}
+    assert {i for i in props if i and i.startswith("knob-")} == {f"knob-{n}" for n in [*on_page, "seed"]}
+    for name, control in on_page.items():
+        shown = props[f"knob-{name}"]
+        assert (shown["label"], shown["value"]) == (control.label, getattr(cfg.eval, name))
+
+    # a value other than the configured one for every control: each reaches the settings
+    values = {n: (not getattr(cfg.eval, n)) if isinstance(getattr(cfg.eval, n), bool) else c.low + c.step
+              for n, c in on_page.items()}
+    settings, seed = settings_from(cfg, {**values, "seed": 7})
+    assert seed == 7 and {n: getattr(settings, n) for n in on_page} == values
+    assert list(KNOBS) == [*on_page, "seed"]  # the handler's order, as the page passes the values
+
+
 def test_examples_come_from_the_test_split(web_run):
     from datasets import load_from_disk
 

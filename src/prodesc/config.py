@@ -265,8 +265,73 @@ class TrainConfig:
         _check(self.logging_steps > 0, "train.logging_steps", "must be > 0")
 
 
+@dataclass(frozen=True)
+class PageControl:
+    """How the web page (04 --web) shows a decoding knob: a checkbox for a bool, else a slider from
+    ``low`` to ``high`` in ``step``s (stretched to hold the configured value)."""
+
+    label: str
+    low: float = 0
+    high: float = 1
+    step: float = 1
+
+
+def knob(default: Any, page: PageControl | None) -> Any:
+    """A field of :class:`DecodingConfig`; ``page=None`` keeps it off the web page (as configured)."""
+    return field(default=default, metadata={"page": page})
+
+
 @dataclass
-class EvalConfig:
+class DecodingConfig:
+    """The decoding knobs, declared once: they are ``eval.*`` keys (:class:`EvalConfig` extends this),
+    the fields of ``prodesc.generate.GenSettings`` (which extends it too) and the web page's controls
+    (each field's ``page``)."""
+
+    max_new_tokens: int = knob(160, PageControl("max new tokens", 8, 512, 8))
+    """Longest generated description, in tokens."""
+    min_new_tokens: int = knob(0, PageControl("min new tokens (0 = off)", 0, 256, 8))
+    """Shortest generated description, in tokens: the end token is blocked until then (0 = off).
+    For a model that stops too early; below eval.max_new_tokens."""
+    num_beams: int = knob(1, PageControl("beams (1 = no beam search)", 1, 8, 1))
+    """Beam search width (1 = greedy or sampling)."""
+    do_sample: bool = knob(False, PageControl("sample (off = greedy or beam search)"))
+    """Sample instead of greedy/beam decoding."""
+    temperature: float = knob(1.0, PageControl("temperature (sampling)", 0.05, 2.0, 0.05))
+    """Sampling temperature (with eval.do_sample)."""
+    top_p: float = knob(1.0, PageControl("top-p (sampling)", 0.05, 1.0, 0.05))
+    """Nucleus sampling mass (with eval.do_sample)."""
+    top_k: int = knob(50, PageControl("top-k (sampling; 0 = off)", 0, 200, 1))
+    """Top-k sampling cutoff (with eval.do_sample; 0 = off)."""
+    repetition_penalty: float = knob(1.0, PageControl("repetition penalty", 1.0, 2.0, 0.05))
+    """Penalty > 1 discourages repeating tokens."""
+    repetition_scope: Literal["all", "output"] = knob("all", None)  # not on the page: as configured
+    """What eval.repetition_penalty counts as already written. `all`: the prompt (system message,
+    template words and title) and the output, as transformers does, which also discourages echoing
+    the title. `output`: only the generated text; the prompt's end tokens stay penalised as under
+    `all`, so the length is not changed by this choice. Decoder-only models; an encoder-decoder
+    model never penalises its prompt."""
+    no_repeat_ngram_size: int = knob(0, PageControl("no repeated n-grams of size (0 = off)", 0, 8, 1))
+    """Forbid repeating any n-gram of this size (0 = off)."""
+    stop_at_turn: bool = knob(True, PageControl("stop at the chat format's turn tokens, as at its end token"))
+    """End a description at any special token of the tokenizer's chat format (a turn's start or
+    end, e.g. SmolLM2's <|im_start|>), not only at EOS. Off, a model whose EOS eval.min_new_tokens
+    holds back writes that token instead and then a made-up next turn ("user\nWhat are some other
+    books…"), which decoding hides as plain text. No effect for a tokenizer without a chat template."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
+        _check(0 <= self.min_new_tokens < self.max_new_tokens, "eval.min_new_tokens",
+               f"must be >= 0 and below eval.max_new_tokens ({self.max_new_tokens})")
+        _check(self.num_beams > 0, "eval.num_beams", "must be > 0")
+        _check(self.temperature > 0, "eval.temperature", "must be > 0")
+        _check(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
+        _check(self.top_k >= 0, "eval.top_k", "must be >= 0")
+        _check(self.repetition_penalty > 0, "eval.repetition_penalty", "must be > 0")
+        _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
+
+
+@dataclass
+class EvalConfig(DecodingConfig):
     split: Literal["test", "validation"] = "test"
     """Split 03 evaluates: `test` (the reported figures, in runs/<run>/eval/) or `validation` (to
     choose decoding settings and checkpoints without looking at the test rows; written to
@@ -275,36 +340,6 @@ class EvalConfig:
     """Rows of eval.split to evaluate (seed-fixed sample), or `all`."""
     batch_size: int = 16
     """Prompts generated together (left padding)."""
-    max_new_tokens: int = 160
-    """Longest generated description, in tokens."""
-    min_new_tokens: int = 0
-    """Shortest generated description, in tokens: the end token is blocked until then (0 = off).
-    For a model that stops too early; below eval.max_new_tokens."""
-    num_beams: int = 1
-    """Beam search width (1 = greedy or sampling)."""
-    do_sample: bool = False
-    """Sample instead of greedy/beam decoding."""
-    temperature: float = 1.0
-    """Sampling temperature (with eval.do_sample)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (with eval.do_sample)."""
-    top_k: int = 50
-    """Top-k sampling cutoff (with eval.do_sample; 0 = off)."""
-    repetition_penalty: float = 1.0
-    """Penalty > 1 discourages repeating tokens."""
-    repetition_scope: Literal["all", "output"] = "all"
-    """What eval.repetition_penalty counts as already written. `all`: the prompt (system message,
-    template words and title) and the output, as transformers does, which also discourages echoing
-    the title. `output`: only the generated text; the prompt's end tokens stay penalised as under
-    `all`, so the length is not changed by this choice. Decoder-only models; an encoder-decoder
-    model never penalises its prompt."""
-    no_repeat_ngram_size: int = 0
-    """Forbid repeating any n-gram of this size (0 = off)."""
-    stop_at_turn: bool = True
-    """End a description at any special token of the tokenizer's chat format (a turn's start or
-    end, e.g. SmolLM2's <|im_start|>), not only at EOS. Off, a model whose EOS eval.min_new_tokens
-    holds back writes that token instead and then a made-up next turn ("user\nWhat are some other
-    books…"), which decoding hides as plain text. No effect for a tokenizer without a chat template."""
     tuned: Literal["merged", "adapter"] = "merged"
     """The fine-tuned model 03 evaluates. `merged`: it merges the adapter into the 16-bit base,
     writes runs/<run>/merged_fp16/ (checked against the adapter) and evaluates that. `adapter`: the
@@ -318,20 +353,12 @@ class EvalConfig:
     on the same test rows (same data settings, seed and eval.rows; the template may differ)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.rows == "all" or self.rows > 0, "eval.rows", "must be > 0 or `all`")
         for run in self.compare_runs:
             _check(RUN_NAME.fullmatch(run) is not None, "eval.compare_runs",
                    f"names '{run}', which is not a run name (a folder under <root>/runs/)")
         _check(self.batch_size > 0, "eval.batch_size", "must be > 0")
-        _check(self.max_new_tokens > 0, "eval.max_new_tokens", "must be > 0")
-        _check(0 <= self.min_new_tokens < self.max_new_tokens, "eval.min_new_tokens",
-               f"must be >= 0 and below eval.max_new_tokens ({self.max_new_tokens})")
-        _check(self.num_beams > 0, "eval.num_beams", "must be > 0")
-        _check(self.temperature > 0, "eval.temperature", "must be > 0")
-        _check(0 < self.top_p <= 1, "eval.top_p", "must be in (0, 1]")
-        _check(self.top_k >= 0, "eval.top_k", "must be >= 0")
-        _check(self.repetition_penalty > 0, "eval.repetition_penalty", "must be > 0")
-        _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
 
 
 @dataclass
@@ -431,7 +458,7 @@ def field_docs() -> dict[str, str]:
     for node in tree.body:
         if not isinstance(node, ast.ClassDef) or not node.name.endswith("Config"):
             continue
-        section = "" if node.name == "Config" else _section_of(node.name)
+        sections = [""] if node.name == "Config" else _sections_of(node.name)
         body = node.body
         for stmt, nxt in zip(body, body[1:]):
             if (
@@ -441,16 +468,15 @@ def field_docs() -> dict[str, str]:
                 and isinstance(nxt.value, ast.Constant)
                 and isinstance(nxt.value.value, str)
             ):
-                key = f"{section}.{stmt.target.id}" if section else stmt.target.id
-                docs[key] = " ".join(nxt.value.value.split())
+                for section in sections:
+                    key = f"{section}.{stmt.target.id}" if section else stmt.target.id
+                    docs[key] = " ".join(nxt.value.value.split())
     return docs
 
 
-def _section_of(class_name: str) -> str:
-    for name, cls in SECTIONS.items():
-        if cls.__name__ == class_name:
-            return name
-    return class_name
+def _sections_of(class_name: str) -> list[str]:
+    """The sections whose class is ``class_name`` or extends it (DecodingConfig: eval)."""
+    return [name for name, cls in SECTIONS.items() if class_name in (c.__name__ for c in cls.__mro__)]
 
 
 def list_keys() -> str:

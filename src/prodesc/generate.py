@@ -1,6 +1,6 @@
 """Batched generation of product descriptions, shared by evaluation (03) and the demo (04).
 
-- :class:`GenSettings` holds every decoding knob of the ``eval`` config section.
+- :class:`GenSettings`: the decoding knobs (``prodesc.config.DecodingConfig``) and a batch size.
 - :func:`render_prompts` turns titles into prompt strings with the template the model was trained
   with (chat: the tokenizer's chat template with the assistant turn opened; text: the prompt).
 - :func:`generate_raw` runs ``model.generate`` over prompts in batches: padded as the model's family
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from prodesc import family
-from prodesc.config import EvalConfig
+from prodesc.config import DecodingConfig, EvalConfig
 from prodesc.errors import UserError
 from prodesc.models import prepare_tokenizer
 from prodesc.retrieval import Example
@@ -42,21 +42,11 @@ CACHE_FORMAT = 2
 regenerated (2: 2026-12-06, MBR decoding and eval.eos_bias retired)."""
 
 
-@dataclass(frozen=True)
-class GenSettings:
-    """Decoding settings (``eval.*``); ``batch_size`` changes speed only, so it is not in the key."""
+@dataclass
+class GenSettings(DecodingConfig):
+    """The decoding knobs (:class:`~prodesc.config.DecodingConfig`: the ``eval.*`` keys, checked as
+    there) and the batch size, which changes speed only, so it is not in the cache key."""
 
-    max_new_tokens: int = EvalConfig.max_new_tokens  # defaults: the eval.* defaults, one source
-    min_new_tokens: int = EvalConfig.min_new_tokens
-    num_beams: int = EvalConfig.num_beams
-    do_sample: bool = EvalConfig.do_sample
-    temperature: float = EvalConfig.temperature
-    top_p: float = EvalConfig.top_p
-    top_k: int = EvalConfig.top_k
-    repetition_penalty: float = EvalConfig.repetition_penalty
-    repetition_scope: str = EvalConfig.repetition_scope
-    no_repeat_ngram_size: int = EvalConfig.no_repeat_ngram_size
-    stop_at_turn: bool = EvalConfig.stop_at_turn
     batch_size: int = EvalConfig.batch_size
 
     @classmethod
@@ -71,7 +61,7 @@ class GenSettings:
         out.pop("batch_size")
         if not self.do_sample:
             for knob in ("temperature", "top_p", "top_k"):
-                out[knob] = getattr(EvalConfig, knob)
+                out[knob] = getattr(DecodingConfig, knob)
         return out
 
     @property

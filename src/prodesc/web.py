@@ -1,10 +1,10 @@
 """The web page of ``04_quick_demo.py --web``: a Gradio app over the demo's loaded models.
 
-A title box, the decoding knobs of the ``eval`` section (:data:`KNOBS`) plus the seed, and the base
-and fine-tuned descriptions side by side; the fine-tuned one streams in as it is generated (greedy
-or sampling; beam search shows it when done). Example titles come from the test split of the
-prepared data. A model trained with data.example_words sees each title with an example (the most
-similar product of the training split): the page shows it under the descriptions.
+A title box, the decoding knobs (:data:`KNOBS`, declared in ``prodesc.config.DecodingConfig``) plus
+the seed, and the base and fine-tuned descriptions side by side; the fine-tuned one streams in as it
+is generated (greedy or sampling; beam search shows it when done). Example titles come from the
+test split of the prepared data. A model trained with data.example_words sees each title with an
+example (the most similar product of the training split): the page shows it under the descriptions.
 
 The page calls :meth:`prodesc.demo.Demo.generate`, the same code as the command line, so a title
 gives the same description on both. gradio is imported inside the functions only.
@@ -15,11 +15,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from prodesc.cli import log
-from prodesc.config import Config, EvalConfig
+from prodesc.config import Config, DecodingConfig, PageControl
 from prodesc.errors import ConfigError
 from prodesc.paths import RunPaths
 
@@ -30,30 +29,11 @@ STREAM_TIMEOUT_S = 600.0
 NO_BASE = "(base model not loaded: started with --no-base)"
 
 
-@dataclass(frozen=True)
-class Knob:
-    """One decoding control: an ``eval`` field (or ``seed``) and its slider range."""
-
-    name: str
-    label: str
-    low: float = 0
-    high: float = 1
-    step: float = 1
-
-
-KNOBS = (
-    Knob("max_new_tokens", "max new tokens", 8, 512, 8),
-    Knob("min_new_tokens", "min new tokens (0 = off)", 0, 256, 8),
-    Knob("num_beams", "beams (1 = no beam search)", 1, 8, 1),
-    Knob("do_sample", "sample (off = greedy or beam search)"),
-    Knob("temperature", "temperature (sampling)", 0.05, 2.0, 0.05),
-    Knob("top_p", "top-p (sampling)", 0.05, 1.0, 0.05),
-    Knob("top_k", "top-k (sampling; 0 = off)", 0, 200, 1),
-    Knob("repetition_penalty", "repetition penalty", 1.0, 2.0, 0.05),
-    Knob("no_repeat_ngram_size", "no repeated n-grams of size (0 = off)", 0, 8, 1),
-    Knob("stop_at_turn", "stop at the chat format's turn tokens, as at its end token"),
-    Knob("seed", "seed (fixes sampling)"),
-)
+KNOBS: dict[str, PageControl] = {
+    **{f.name: f.metadata["page"] for f in dataclasses.fields(DecodingConfig) if f.metadata["page"]},
+    "seed": PageControl("seed (fixes sampling)"),
+}
+"""The page's controls in order: the decoding knobs :class:`DecodingConfig` puts on the page, the seed."""
 
 
 def example_titles(paths: RunPaths, count: int = EXAMPLES) -> list[str]:
@@ -77,13 +57,9 @@ def settings_from(cfg: Config, values: dict[str, Any]) -> tuple[Any, int]:
     from prodesc.generate import GenSettings
 
     seed = int(values.pop("seed"))
-    typed = {}
-    for field in dataclasses.fields(EvalConfig):
-        if field.name in values:
-            kind = type(getattr(cfg.eval, field.name))
-            typed[field.name] = kind(values[field.name])
-    section = dataclasses.replace(cfg.eval, **typed)  # runs EvalConfig.__post_init__
-    return dataclasses.replace(GenSettings.from_eval(section), batch_size=1), seed
+    typed = {name: type(getattr(cfg.eval, name))(value) for name, value in values.items()}
+    settings = GenSettings.from_eval(cfg.eval)
+    return dataclasses.replace(settings, batch_size=1, **typed), seed  # runs the config's checks
 
 
 def example_text(demo: Any, title: str) -> str:
@@ -108,7 +84,7 @@ class Describer:
         if not title:
             raise gr.Error("Type a product title first.")
         try:
-            settings, seed = settings_from(self.cfg, dict(zip((k.name for k in KNOBS), knob_values)))
+            settings, seed = settings_from(self.cfg, dict(zip(KNOBS, knob_values)))
         except (ConfigError, ValueError, TypeError) as err:
             raise gr.Error(str(err)) from None
         with self.lock:
@@ -185,7 +161,7 @@ def build_app(demo: Any, cfg: Config, examples: list[str]) -> Any:
                 elem_id="example-output", lines=3, interactive=False,
             ))
         with gr.Accordion("decoding settings", open=False):
-            knobs = [knob_component(k, cfg) for k in KNOBS]
+            knobs = [knob_component(name, control, cfg) for name, control in KNOBS.items()]
         if examples:
             gr.Examples(examples=[[t] for t in examples], inputs=[title], label="titles from the test split")
         go.click(describe, inputs=[title, *knobs], outputs=outputs)
@@ -193,18 +169,18 @@ def build_app(demo: Any, cfg: Config, examples: list[str]) -> Any:
     return app
 
 
-def knob_component(knob: Knob, cfg: Config) -> Any:
+def knob_component(name: str, control: PageControl, cfg: Config) -> Any:
     import gradio as gr
 
-    elem_id = f"knob-{knob.name}"
-    if knob.name == "seed":
-        return gr.Number(value=cfg.seed, precision=0, label=knob.label, elem_id=elem_id)
-    value = getattr(cfg.eval, knob.name)
+    elem_id = f"knob-{name}"
+    if name == "seed":
+        return gr.Number(value=cfg.seed, precision=0, label=control.label, elem_id=elem_id)
+    value = getattr(cfg.eval, name)
     if isinstance(value, bool):
-        return gr.Checkbox(value=value, label=knob.label, elem_id=elem_id)
+        return gr.Checkbox(value=value, label=control.label, elem_id=elem_id)
     return gr.Slider(  # the range always holds the configured value
-        minimum=min(knob.low, value), maximum=max(knob.high, value), step=knob.step,
-        value=value, label=knob.label, elem_id=elem_id,
+        minimum=min(control.low, value), maximum=max(control.high, value), step=control.step,
+        value=value, label=control.label, elem_id=elem_id,
     )
 
 
