@@ -1,4 +1,4 @@
-"""Bad input, one case a row: every stage meets it as a real ``python src/0N_*.py`` subprocess.
+"""Bad input, one case a row: every stage meets it, mostly by calling its ``main(argv)`` in this process.
 
 Each case says what a user would expect. Where the stage must stop: the exit code (2 for a
 :class:`UserError`, 1 for an OS error such as a full disk), exactly one ``error:`` line on stderr,
@@ -8,6 +8,17 @@ no ``error:`` line, and the manifest counts what was dropped. In every case ever
 the case's folder before (the artifact root, the inputs, the working directory) is byte for byte
 the same afterwards, no temporary file is left behind, and a stage that stops adds no file except
 the few a case names. ``--debug`` (one case) shows the traceback instead.
+
+Two ways to run a case, with the same checks. In process (most cases): ``prodesc.<stage>.main(argv)``
+with the case's working directory and the environment ``stage_env()`` gives a subprocess, its
+stdout and stderr captured at the file descriptors. As the real ``python src/0N_*.py`` subprocess
+(test ids ending ``-as-script``): the cases that need a process of their own -- the full disk and
+the permission cases (below), and ``--debug``, whose traceback only an uncaught exception prints --
+and three that also run in process, one per kind of command line, to check that the scripts behave
+as their ``main()``: ``few-malformed-lines-are-skipped`` (01: its own options, output on stdout),
+``no-prepared-data-for-02`` (02: a run lock around the stage) and ``missing-adapter-for-04`` (04:
+titles among the arguments). The raw files here are far below prepare.POOL_MIN_BYTES, so 01 cleans
+them in its own process either way (no worker pool).
 
 Fakes, for what cannot happen here: a full disk is an ``fsync`` that fails with ENOSPC (a
 ``sitecustomize`` put on the stage's PYTHONPATH; filling a real disk is not safe on a shared
@@ -22,6 +33,7 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -307,6 +319,12 @@ class Case:
     """File permissions must bite, also when the tests run as root."""
     debug: bool = False
 
+    @property
+    def needs_a_process(self) -> bool:
+        """The fsync fake and the dropped capabilities act on a whole process; ``--debug`` lets the
+        exception out, which only an interpreter that exits turns into a printed traceback."""
+        return bool(self.enospc) or self.permissions or self.debug
+
 
 # A user expects the stage to carry on (exit 0) where a real trn.json could hold the problem in a
 # few rows among millions, or where the file is valid in another common form (UTF-16 or a BOM, as
@@ -465,8 +483,13 @@ CASES = [
 ]
 
 
+AS_SCRIPT_TOO = ("few-malformed-lines-are-skipped", "no-prepared-data-for-02", "missing-adapter-for-04")
+"""Cases run both ways: the real scripts behave as main() (see the module docstring)."""
+
+
 def test_the_corpus_is_large_and_its_ids_unique():
     assert len(CASES) >= 25 and len({c.id for c in CASES}) == len(CASES)
+    assert set(AS_SCRIPT_TOO) <= {c.id for c in CASES if not c.needs_a_process}
 
 
 # --------------------------------------------------------------------------- running a case
@@ -510,6 +533,43 @@ def permissions_enforced(probe_dir: Path) -> dict:
     return kw
 
 
+def stage_main(script: str) -> Callable[[list[str]], int]:
+    """The ``main`` the script calls (each is ``from prodesc import <stage>`` and ``<stage>.main``)."""
+    name = re.search(r"^from prodesc import (\w+)$", (SRC / script).read_text(), re.M).group(1)
+    return importlib.import_module(f"prodesc.{name}").main
+
+
+def run_in_process(case: Case, c: Ctx, args: list[str], monkeypatch, capfd) -> subprocess.CompletedProcess:
+    """``main(argv)`` of the case's stage, in the environment and working directory the script
+    gets from run_case; returns what the script would have (exit code, stdout, stderr)."""
+    env = {**stage_env(), **dict(case.env)}
+    for key in set(os.environ) - set(env):
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
+    # huggingface_hub and datasets read the offline switches (stage_env sets them) when imported,
+    # which in this process was before this case
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("datasets.config.HF_DATASETS_OFFLINE", True)
+    monkeypatch.chdir(c.cwd)
+    argv = ["--preset", "cpu", *args]
+    main = stage_main(case.script)
+    capfd.readouterr()  # what the setup printed
+    before = dict(os.environ)
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own errors: the script would exit so
+        code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
+    finally:
+        for key in set(os.environ) - set(before):  # what the stage set must not reach the next case
+            del os.environ[key]
+        os.environ.update(before)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
 def run_case(case: Case, c: Ctx, args: list[str]) -> subprocess.CompletedProcess:
     env = stage_env()
     env.update(case.env)
@@ -526,13 +586,17 @@ def run_case(case: Case, c: Ctx, args: list[str]) -> subprocess.CompletedProcess
     return subprocess.run(command, env=env, cwd=c.cwd, capture_output=True, text=True, timeout=300, **kw)
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
-def test_bad_input(case: Case, ctx: Ctx):
+@pytest.mark.parametrize("case, as_script", [
+    *(pytest.param(c, False, id=c.id) for c in CASES if not c.needs_a_process),
+    *(pytest.param(c, True, id=f"{c.id}-as-script")
+      for c in CASES if c.needs_a_process or c.id in AS_SCRIPT_TOO),
+])
+def test_bad_input(case: Case, as_script: bool, ctx: Ctx, monkeypatch, capfd):
     if case.env and Path("/content/drive").is_mount():
         pytest.skip("a real Colab Drive is mounted here")
     args = case.setup(ctx)
     before = file_hashes(ctx.dir)
-    res = run_case(case, ctx, args)
+    res = run_case(case, ctx, args) if as_script else run_in_process(case, ctx, args, monkeypatch, capfd)
     after = file_hashes(ctx.dir)
     said = res.stdout + res.stderr
 
