@@ -3,13 +3,14 @@
 #   make test    install into .venv, then run the test suite (what .ci/run runs)
 #   make test-fast   the same without the tests marked slow (end-to-end runs of real models)
 #   make colab-bundle   prodesc-code.zip: the code to upload to MyDrive/prodesc/ for the notebook
+#   make docs    regenerate docs/keys.md (the key reference) from src/prodesc/config.py
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ROOT   ?= artifacts
 
-.PHONY: install local test test-fast colab-bundle
+.PHONY: install local test test-fast colab-bundle docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +40,6 @@ colab-bundle:
 	[z.write(f, 'prodesc/' + f) for f in sys.stdin.read().splitlines() if os.path.isfile(f)]; z.close(); \
 	os.replace('prodesc-code.zip.tmp', 'prodesc-code.zip')"
 	@echo "prodesc-code.zip: upload it to MyDrive/prodesc/ (the notebook's DRIVE_FOLDER) and Run all"
+
+docs:
+	PYTHONPATH=src $(PYTHON) -c "from prodesc import atomic, config; atomic.write_text('docs/keys.md', config.keys_markdown())"

@@ -239,3 +239,15 @@ def test_bases_that_lead_back_to_themselves_are_refused(tmp_path, monkeypatch):
     (tmp_path / "b.yaml").write_text("base: a\n")
     with pytest.raises(ConfigError, match="base 'a' leads back to itself"):
         C.load_config("a")
+
+
+def test_the_key_reference_in_docs_is_current():
+    """docs/keys.md is generated from the config's docstrings (make docs): a key added, removed or
+    reworded without regenerating it fails here."""
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "keys.md"
+    assert doc.read_text(encoding="utf-8") == C.keys_markdown(), "run `make docs`"
+    rows = [line for line in C.keys_markdown().splitlines() if line.startswith("| `")]
+    assert {r.split("`")[1] for r in rows} == {line.split(" = ")[0] for line in C.list_keys().splitlines()
+                                               if not line.startswith(" ")}

@@ -491,6 +491,26 @@ def list_keys() -> str:
     return "\n".join(lines)
 
 
+def keys_markdown() -> str:
+    """docs/keys.md: the key reference as a Markdown table (key, type, default, meaning), from the
+    same docstrings as --list-keys. Regenerate with ``make docs``; a test checks it is current."""
+    docs = field_docs()
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from `src/prodesc/config.py` by `make docs` (the same text as `--list-keys`). Set a key",
+        "with `key=value` on any script's command line or in a preset YAML: [configuration.md](configuration.md).",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for key, (tp, value) in _flat_schema(Config()).items():
+        if key != "preset":
+            cells = (f"`{key}`", _type_name(tp), f"`{_show(value)}`", docs.get(key, ""))
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _flat_schema(cfg: Config) -> dict[str, tuple[Any, Any]]:
     out: dict[str, tuple[Any, Any]] = {}
     for name, hint in typing.get_type_hints(Config).items():
