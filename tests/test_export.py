@@ -299,8 +299,8 @@ def test_embedded_model_gguf_round_trip(tmp_path, fake_hub, capfd):
     print(f"\n05 on SmolLM2-135M: {seconds:.0f} s; f16 {f16['bytes'] / 2**20:.1f} MiB in {f16['convert_s']} s, "
           f"{f16['equal']}/8 equal; q8_0 {q8['bytes'] / 2**20:.1f} MiB in {q8['convert_s']} s, {q8['equal']}/8 "
           f"equal, ROUGE-L {q8['rougeL_vs_merged']}")
-    # the Modelfile points at the f16 file; the push carries the GGUF files and the Modelfile
-    assert "FROM ./e2e-f16.gguf" in (paths.export / "Modelfile").read_text()
+    # the Modelfile serves the smaller file; the push carries the GGUF files and the Modelfile
+    assert "FROM ./e2e-q8_0.gguf" in (paths.export / "Modelfile").read_text().splitlines()
     files = fake_hub.instances[-1].commits[-1]["files"]
     assert {"gguf/e2e-f16.gguf", "gguf/e2e-q8_0.gguf", "gguf/Modelfile"} <= set(files)
     assert "ollama create e2e -f Modelfile" in files["README.md"].decode()

@@ -384,7 +384,7 @@ class ExportConfig:
     gguf: list[Literal["f16", "q8_0", "q4_k_m"]] = field(default_factory=lambda: ["f16", "q8_0"])
     """GGUF files 05 writes to runs/<run>/export/ for llama.cpp, Ollama and LM Studio: `f16`
     (checked to give the merged model's greedy outputs), `q8_0` (half the size), `q4_k_m` (needs
-    llama.cpp's llama-quantize on PATH). The Ollama Modelfile uses the first. Empty: no GGUF."""
+    llama.cpp's llama-quantize on PATH). The Ollama Modelfile uses the smallest. Empty: no GGUF."""
 
     def __post_init__(self) -> None:
         _check(len(set(self.gguf)) == len(self.gguf), "export.gguf", "names a type twice")

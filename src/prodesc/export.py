@@ -11,7 +11,7 @@ Ollama Modelfile, and (hub.repo=user/name) a push to the Hugging Face Hub.
 3. Check (export/export_check.json): each file is loaded back with transformers and its greedy
    outputs on 8 test titles are compared with the merged model's: f16 must give the same texts, a
    quantized type a ROUGE-L of at least 0.5 against them.
-4. Modelfile (`ollama create NAME -f Modelfile` in export/): the first GGUF file, the prompt the
+4. Modelfile (`ollama create NAME -f Modelfile` in export/): the smallest GGUF file, the prompt the
    adapter was trained with around the title you type (so Ollama's prompt is the one 03 used),
    the stop tokens, and the eval.* decoding settings Ollama has.
 5. Hub (hub.repo): the adapter, a model card (README.md: base model, data, prompt, the metrics of
@@ -59,6 +59,9 @@ QUANTIZE_HINT = (
     "build --target llama-quantize, then add build/bin to PATH) or install it with `brew install llama.cpp`; "
     "or leave q4_k_m out of export.gguf"
 )
+SMALLEST_FIRST = ("q4_k_m", "q8_0", "f16")
+"""The Modelfile serves the smallest file exported (what one runs on a laptop; the notebook
+offers it for download)."""
 TITLE = "\x1fPRODESC_TITLE\x1f"
 """Stands for the title while the prompt is rendered for the Modelfile's TEMPLATE."""
 NOT_IN_OLLAMA = ("min_new_tokens", "no_repeat_ngram_size", "num_beams")
@@ -77,7 +80,7 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     types = list(cfg.export.gguf)
     if types:
         check_can_convert(cfg, paths, types)
-    token = hub_token(cfg)
+    token = hub_token(cfg, paths)
 
     # work
     if paths.adapter.is_dir() and not merge.merged_is_current(paths):
@@ -88,7 +91,8 @@ def _body(cfg: Config, paths: RunPaths) -> None:
         with atomic.build_dir(paths.export, overwrite=True) as tmp:
             files, timings = write_gguf(paths, tmp, types)
             check = roundtrip_check(cfg, paths, template, rows, files, timings)
-            atomic.write_text(tmp / MODELFILE, modelfile(cfg, paths, template, files[types[0]].name))
+            served = min(types, key=SMALLEST_FIRST.index)
+            atomic.write_text(tmp / MODELFILE, modelfile(cfg, paths, template, files[served].name))
             atomic.write_json(tmp / CHECK_FILE, check)
         log_check(check)
     elif types:
@@ -133,10 +137,12 @@ def check_can_convert(cfg: Config, paths: RunPaths, types: list[str]) -> None:
         raise UserError(QUANTIZE_HINT)
 
 
-def hub_token(cfg: Config) -> str | None:
-    """The token for hub.repo (None without hub.repo); an error when there is none."""
+def hub_token(cfg: Config, paths: RunPaths) -> str | None:
+    """The token for hub.repo (None without hub.repo); an error when there is none, or no adapter."""
     if not cfg.hub.repo:
         return None
+    if not (paths.adapter / merge.ADAPTER_CONFIG).is_file():
+        raise UserError(f"hub.repo is set but the run has no adapter ({paths.adapter}): the push starts from it")
     token, source = hftoken.hf_token()
     if not token:
         raise UserError(
@@ -156,7 +162,8 @@ def export_is_current(cfg: Config, paths: RunPaths) -> bool:
         done = json.loads(file.read_text(encoding="utf-8"))
     except ValueError:
         return False
-    return done.get("types") == list(cfg.export.gguf) and done.get("merged_weights") == weights_fingerprint(paths.merged)
+    same_model = done.get("merged_weights") == weights_fingerprint(paths.merged)
+    return done.get("types") == list(cfg.export.gguf) and same_model
 
 
 # --------------------------------------------------------------------------- GGUF
@@ -335,12 +342,11 @@ def go_literal(text: str) -> str:
 def hub_files(cfg: Config, paths: RunPaths) -> dict[str, Path]:
     """{path in the repository: local file}: the adapter at the top, merged/ and gguf/ as asked."""
     files = {p.name: p for p in sorted(paths.adapter.glob("*")) if p.is_file() and p.name != "README.md"}
-    if not files:
-        raise UserError(f"hub.repo is set but the run has no adapter ({paths.adapter}): run 02_sft_qlora.py first")
     if cfg.hub.merged:
         files.update({f"merged/{p.name}": p for p in sorted(paths.merged.glob("*")) if p.is_file()})
     if cfg.hub.gguf and cfg.export.gguf:
-        files.update({f"gguf/{p.name}": p for p in sorted(paths.export.glob("*")) if p.suffix == ".gguf" or p.name == MODELFILE})
+        exported = [p for p in sorted(paths.export.glob("*")) if p.suffix == ".gguf" or p.name == MODELFILE]
+        files.update({f"gguf/{p.name}": p for p in exported})
     return files
 
 
@@ -365,7 +371,9 @@ def push(cfg: Config, paths: RunPaths, template: templates.PromptTemplate, token
         hint = "a token with write access to it" if status in (401, 403) else "hub.repo and your access to it"
         raise UserError(f"the Hub refused the push to {repo} (HTTP {status}): check {hint}") from None
     except (HTTPError, OSError) as err:
-        raise UserError(f"cannot reach the Hugging Face Hub to push to {repo} ({type(err).__name__}): check the network") from None
+        raise UserError(
+            f"cannot reach the Hugging Face Hub to push to {repo} ({type(err).__name__}): check the network"
+        ) from None
     log(f"pushed to {getattr(info, 'commit_url', None) or repo} ({'private' if cfg.hub.private else 'public'} if new)")
 
 
@@ -390,7 +398,8 @@ def model_card(cfg: Config, paths: RunPaths, template: templates.PromptTemplate,
         f"Prepared data `{paths.prepared_name}` from `{cfg.data.source or 'data/raw'}` "
         "(AmazonTitles-1.3MM format: title -> description).", "",
         "## Prompt", "",
-        "The model expects the prompt it was trained with:", "", "```json", json.dumps(shown, indent=2, ensure_ascii=False), "```", "",
+        "The model expects the prompt it was trained with:", "",
+        "```json", json.dumps(shown, indent=2, ensure_ascii=False), "```", "",
         "## Evaluation", "", *metrics_table(paths), "",
         "## Use with transformers and PEFT", "", "```python",
         "from peft import AutoPeftModelForCausalLM",
