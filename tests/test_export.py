@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +103,29 @@ def test_a_converter_failure_is_one_line_and_leaves_no_export(tiny_model_dir, tm
     assert re.match(r"error: convert_hf_to_gguf failed \(exit \d+\): ", res.stderr.strip().splitlines()[-1])
     assert leftovers(paths) == []
     assert (paths.merged / "merge_check.json").is_file()  # the merge itself (03's code) is complete
+
+
+@pytest.mark.parametrize("types", [["q4_k_m"], ["f16", "q4_k_m"]])
+def test_q4_k_m_is_quantized_from_the_f16_file_by_llama_quantize(types, tmp_path, monkeypatch):
+    # llama.cpp's tools are not installed here: run_tool stands in for both (it records the command
+    # and writes the output file), so this checks the commands and which files are kept.
+    from prodesc.paths import RunPaths
+
+    paths = RunPaths(root=tmp_path, run_name="r", prepared_name="p")
+    commands = []
+
+    def fake_tool(cmd, name):
+        commands.append((name, cmd))
+        out = cmd[cmd.index("--outfile") + 1] if "--outfile" in cmd else cmd[2]
+        Path(out).write_bytes(b"GGUF")
+
+    monkeypatch.setattr(export, "run_tool", fake_tool)
+    files, seconds = export.write_gguf(paths, tmp_path, types)
+    assert list(files) == types and set(seconds) == set(types)
+    assert [name for name, _ in commands] == ["convert_hf_to_gguf", "llama-quantize"]
+    assert commands[0][1][-5:] == ["--outtype", "f16", "--outfile", str(tmp_path / "r-f16.gguf"), str(paths.merged)]
+    assert commands[1][1] == ["llama-quantize", str(tmp_path / "r-f16.gguf"), str(tmp_path / "r-q4_k_m.gguf"), "Q4_K_M"]
+    assert sorted(p.name for p in tmp_path.glob("*.gguf")) == sorted(f"r-{t}.gguf" for t in types)
 
 
 # --------------------------------------------------------------------------- Modelfile

@@ -81,12 +81,16 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     if types:
         check_can_convert(cfg, paths, types)
     token = hub_token(cfg, paths)
+    model_path = None
+    if paths.adapter.is_dir() and not merge.merged_is_current(paths):  # merged as 03 merges
+        model_path = merge.base_model_path(cfg, paths)
+        merge.check_same_base(merge.adapter_base(paths), model_path, cfg.model.name)
 
     # work
-    if paths.adapter.is_dir() and not merge.merged_is_current(paths):
-        model_path = merge.base_model_path(cfg, paths)
-        merge.ensure_merged(cfg, paths, model_path, template, [r["title"] for r in rows[:merge.CHECK_ROWS]],
-                            [r.get("examples", ()) for r in rows[:merge.CHECK_ROWS]])
+    if model_path is not None:
+        first = rows[: merge.CHECK_ROWS]
+        merge.ensure_merged(cfg, paths, model_path, template, [r["title"] for r in first],
+                            [r.get("examples", ()) for r in first])
     if types and not export_is_current(cfg, paths):
         with atomic.build_dir(paths.export, overwrite=True) as tmp:
             files, timings = write_gguf(paths, tmp, types)
@@ -192,7 +196,7 @@ def write_gguf(paths: RunPaths, folder: Path, types: list[str]) -> tuple[dict[st
         seconds["q4_k_m"] = round(time.monotonic() - start, 2)
         if "f16" not in types:
             files.pop("f16").unlink()
-    return {t: files[t] for t in types}, seconds
+    return {t: files[t] for t in types}, {t: seconds[t] for t in types}
 
 
 def run_tool(cmd: list[str], name: str) -> None:
