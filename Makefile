@@ -1,5 +1,6 @@
 # Two commands for a fresh machine (see README):
 #   make local   install into .venv, then run the pipeline on the embedded model + bundled sample
+#                (01 prepare .. 05 export: GGUF f16 + q8_0 and an Ollama Modelfile)
 #   make test    install into .venv, then run the test suite (what .ci/run runs)
 #   make test-fast   the same without the tests marked slow (end-to-end runs of real models)
 #   make colab-bundle   prodesc-code.zip: the code to upload to MyDrive/prodesc/ for the notebook
@@ -23,7 +24,9 @@ local: install
 	$(PY) src/02_sft_qlora.py --preset cpu --root $(ROOT)
 	$(PY) src/03_merge_fp16.py --preset cpu --root $(ROOT)
 	$(PY) src/04_quick_demo.py --preset cpu --root $(ROOT) "Stainless Steel Garlic Press with Cleaning Brush"
+	$(PY) src/05_export.py --preset cpu --root $(ROOT)
 	@echo "comparison: $(ROOT)/runs/cpu/eval/side_by_side.csv and $(ROOT)/runs/cpu/eval/report.html"
+	@echo "GGUF (f16, q8_0) and Ollama Modelfile: $(ROOT)/runs/cpu/export/"
 
 test: install
 	$(PY) -m pytest -q

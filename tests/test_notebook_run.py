@@ -43,6 +43,8 @@ steps of 1 row (a checkpoint after each), 2 test rows, 8 new tokens; the rest is
 RUN = "cpu-quick"
 DATA_ZIP = "LF-AmazonTitles-1.3M.zip"
 DOWNLOADED = ("side_by_side.csv", "improved_examples.csv", "worst_regressions.csv", "report.html")
+EXPORTED = ("cpu-quick-q8_0.gguf", "Modelfile")
+"""The last cell's downloads: the smaller GGUF file (the one the Modelfile serves) and the Modelfile."""
 
 pytestmark = pytest.mark.skipif(
     Path("/content").exists(), reason="a Colab-like /content exists here: the notebook would clone the code"
@@ -182,10 +184,14 @@ def test_run_all_on_cpu_writes_to_drive_shows_results_and_offers_downloads(first
     assert "training smollm2-135m-instruct" in stage_output(nb, "02_sft_qlora.py")
 
     calls = read_downloads(downloads)
-    assert [Path(c["path"]).name for c in calls] == list(DOWNLOADED)
+    assert [Path(c["path"]).name for c in calls] == [*DOWNLOADED, *EXPORTED]
     for call in calls:
-        assert Path(call["path"]).resolve() == (run / "eval" / Path(call["path"]).name).resolve()
+        folder = "export" if Path(call["path"]).name in EXPORTED else "eval"
+        assert Path(call["path"]).resolve() == (run / folder / Path(call["path"]).name).resolve()
         assert call["bytes"] > 0
+    exported = stage_output(nb, "05_export.py")
+    assert re.search(r"cpu-quick-f16\.gguf: [\d.]+ MiB in [\d.]+ s; round-trip passed: 2/2 greedy outputs equal", exported), exported[-3000:]
+    assert json.loads((run / "export" / "export_check.json").read_text())["types"] == ["f16", "q8_0"]
 
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     shown = [o for o in outputs_of(nb, "Metrics") if o.output_type == "display_data"]
@@ -206,7 +212,7 @@ def test_run_all_again_after_a_disconnect_resumes_instead_of_starting_over(first
     _, vm, drive, _ = first_run
     shutil.rmtree(vm)  # a new runtime: the old VM's disk (and its mount point) is gone, Drive stays
     run = drive / "prodesc" / "runs" / RUN
-    parts = ("adapter", "checkpoints", "merged_fp16", "eval/generations")
+    parts = ("adapter", "checkpoints", "merged_fp16", "eval/generations", "export")
     kept = {part: snapshot(run / part) for part in parts}
     summary = (run / "train_summary.json").read_text()
     downloads = tmp_path / "downloads2.jsonl"
@@ -223,4 +229,5 @@ def test_run_all_again_after_a_disconnect_resumes_instead_of_starting_over(first
     assert re.search(r"tuned: all 2 generations cached", merged), merged[-3000:]
     assert {part: snapshot(run / part) for part in kept} == kept
     assert (run / "train_summary.json").read_text() == summary
-    assert [Path(c["path"]).name for c in read_downloads(downloads)] == list(DOWNLOADED)
+    assert "already exported" in stage_output(nb, "05_export.py")
+    assert [Path(c["path"]).name for c in read_downloads(downloads)] == [*DOWNLOADED, *EXPORTED]

@@ -347,11 +347,11 @@ def test_a_lock_taken_over_is_not_deleted_by_its_old_holder(tmp_path):
 
 
 def test_stage_refuses_while_another_process_holds_the_run(tmp_path):
-    """The real 02 and 03 scripts stop with one line before loading anything heavy."""
+    """The real 02, 03 and 05 scripts stop with one line before loading anything heavy."""
     paths = RunPaths(root=tmp_path / "root", run_name="held", prepared_name="p")
     holder = _start_holder(paths.lock, 60)
     try:
-        for script in ("02_sft_qlora.py", "03_merge_fp16.py"):
+        for script in ("02_sft_qlora.py", "03_merge_fp16.py", "05_export.py"):
             out = subprocess.run(
                 [sys.executable, str(SRC / script), "--preset", "cpu", f"--root={paths.root}", "paths.run=held"],
                 env=stage_env(), capture_output=True, text=True, timeout=120,

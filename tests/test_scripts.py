@@ -11,7 +11,7 @@ import pytest
 
 from rawfiles import REPO
 
-SCRIPTS = sorted(p.name for p in (REPO / "src").glob("0[0-4]_*.py"))
+SCRIPTS = sorted(p.name for p in (REPO / "src").glob("0[0-5]_*.py"))
 HEAVY = ("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes", "accelerate", "datasets", "gradio")
 
 # Runs a script with the heavy libraries made unimportable, then proves none was loaded: the
@@ -41,8 +41,8 @@ def run(args, env=None, **kw):
     )
 
 
-def test_all_five_scripts_exist():
-    assert SCRIPTS == ["00_install.py", "01_prepare.py", "02_sft_qlora.py", "03_merge_fp16.py", "04_quick_demo.py"]
+def test_all_six_scripts_exist():
+    assert SCRIPTS == ["00_install.py", "01_prepare.py", "02_sft_qlora.py", "03_merge_fp16.py", "04_quick_demo.py", "05_export.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -94,7 +94,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_nothing_imports_a_numbered_script():
-    pattern = re.compile(r"^\s*(from\s+\S*0[0-4]_\w*\s+import|import\s+\S*0[0-4]_)|import_module\([^)]*0[0-4]_", re.M)
+    pattern = re.compile(r"^\s*(from\s+\S*0[0-5]_\w*\s+import|import\s+\S*0[0-5]_)|import_module\([^)]*0[0-5]_", re.M)
     offenders = [
         str(p.relative_to(REPO)) for p in list((REPO / "src").rglob("*.py")) + list((REPO / "tests").rglob("*.py"))
         if pattern.search(p.read_text()) and not p.name.startswith("0")

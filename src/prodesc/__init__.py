@@ -7,6 +7,7 @@ All logic lives in this package; the numbered scripts in src/ are thin entry poi
     02_sft_qlora.py -> prodesc.train.main        LoRA/QLoRA supervised fine-tuning, auto-resume
     03_merge_fp16.py-> prodesc.merge.main        merge to fp16 + side-by-side evaluation
     04_quick_demo.py-> prodesc.demo.main         try the model on your own titles
+    05_export.py    -> prodesc.export.main       GGUF + Ollama Modelfile, push to the Hub
 """
 
 __version__ = "0.1.0"

@@ -361,6 +361,42 @@ class EvalConfig(DecodingConfig):
         _check(self.batch_size > 0, "eval.batch_size", "must be > 0")
 
 
+HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+"""A Hugging Face repository id: `user/name` (or `organization/name`)."""
+
+
+@dataclass
+class ExportConfig:
+    gguf: list[Literal["f16", "q8_0", "q4_k_m"]] = field(default_factory=lambda: ["f16", "q8_0"])
+    """GGUF files 05 writes to runs/<run>/export/ for llama.cpp, Ollama and LM Studio: `f16`
+    (checked to give the merged model's greedy outputs), `q8_0` (half the size), `q4_k_m` (needs
+    llama.cpp's llama-quantize on PATH). The Ollama Modelfile uses the smallest. Empty: no GGUF."""
+
+    def __post_init__(self) -> None:
+        _check(len(set(self.gguf)) == len(self.gguf), "export.gguf", "names a type twice")
+
+
+@dataclass
+class HubConfig:
+    repo: str = ""
+    """Push the run to this Hugging Face Hub repository (`user/name`) at the end of 05: the
+    adapter, a model card (README.md), and what hub.merged and hub.gguf add. Empty: no push. The
+    token comes from $HF_TOKEN or Colab's secret HF_TOKEN (write access), never from the config."""
+    private: bool = True
+    """Create the repository private (a repository that exists keeps its visibility)."""
+    merged: bool = False
+    """Also push the merged model (merged_fp16/, under merged/: ~2 bytes a parameter, 16 GB for 8B)."""
+    gguf: bool = True
+    """Also push the GGUF files of export.gguf and the Ollama Modelfile (under gguf/)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            not self.repo or (HUB_REPO.fullmatch(self.repo) is not None and ".." not in self.repo),
+            "hub.repo",
+            f"'{self.repo}' is not a Hub repository id: write it as user/name (letters, digits, '.', '_', '-')",
+        )
+
+
 @dataclass
 class PathsConfig:
     root: str = ""
@@ -404,6 +440,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     full_run = None

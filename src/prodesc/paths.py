@@ -18,8 +18,9 @@ Layout under the root (:class:`RunPaths`)::
     runs/<run>/adapter/            02: the final LoRA adapter
     runs/<run>/merged_fp16/        03: the merged 16-bit model
     runs/<run>/eval/               03: side_by_side.csv, metrics.json, report.html
+    runs/<run>/export/             05: GGUF files, Modelfile, export_check.json
     runs/<run>/logs/               TensorBoard events, loss_history.csv, loss_curve.png
-    runs/<run>/run.lock            held while 02 or 03 writes the run (prodesc.runlock)
+    runs/<run>/run.lock            held while 02, 03 or 05 writes the run (prodesc.runlock)
 """
 
 from __future__ import annotations
@@ -151,12 +152,17 @@ class RunPaths:
         return self.run / "eval"
 
     @property
+    def export(self) -> Path:
+        """05: the GGUF files, the Ollama Modelfile and export_check.json."""
+        return self.run / "export"
+
+    @property
     def logs(self) -> Path:
         return self.run / "logs"
 
     @property
     def lock(self) -> Path:
-        """Held by 02 and 03 while they write the run (prodesc.runlock): one run, one writer."""
+        """Held by 02, 03 and 05 while they write the run (prodesc.runlock): one run, one writer."""
         return self.run / "run.lock"
 
     def inside_root(self, value: str, what: str) -> Path:
