@@ -254,6 +254,7 @@ def _drive_sync(src: Path, dst: Path, lag_s: float, stop: threading.Event) -> No
             os.utime(dst, (due[-1], due[-1]))
 
 
+@pytest.mark.slow  # real processes, 10-17 s: in the full suite, not make test-fast
 def test_a_live_holder_on_another_host_is_never_taken_for_dead(tmp_path):
     """Two runtimes on one Drive folder, both alive, Drive 35 s late: the holder heartbeats, the
     other VM is refused throughout, and takes over only once the holder is killed.

@@ -65,6 +65,7 @@ def test_trust_remote_code_is_off_by_default_and_in_every_preset():
     assert "trust" in config_mod.field_docs()["model.trust_remote_code"]
 
 
+@pytest.mark.slow  # real processes, 10-17 s: in the full suite, not make test-fast
 def test_repository_code_never_runs_unless_trusted(tiny_model_dir, tmp_path):
     folder = custom_code_model(tiny_model_dir, tmp_path / "custom")
     paths = RunPaths(root=tmp_path / "root", run_name="r", prepared_name="p")
@@ -211,6 +212,7 @@ def test_no_config_key_can_hold_a_token():
     assert not [k for k in config_mod.field_docs() if "token" in k.lower() and "tokens" not in k.lower()]
 
 
+@pytest.mark.slow  # real processes, 10-17 s: in the full suite, not make test-fast
 def test_token_is_never_written_or_printed_by_the_pipeline(tiny_model_dir, tmp_path, monkeypatch):
     """01 → 02 → 03 on the tiny model with a token in the environment; then every byte under the
     root and everything printed is searched for it (and for its base64/UTF-16 forms)."""

@@ -255,6 +255,7 @@ def test_training_writes_the_same_artifacts_as_the_causal_path(t5_run):
         "checkpoint-3", "checkpoint-6", "checkpoint-9", "checkpoint-12"]
 
 
+@pytest.mark.slow  # real processes, 10-17 s: in the full suite, not make test-fast
 def test_sigkill_then_rerun_resumes_to_the_same_t5_adapter(t5_run, tiny_t5_dir, tmp_path):
     _, reference = t5_run
     killed, _, paths = prepared_t5_run(tiny_t5_dir, tmp_path / "root")

@@ -412,6 +412,7 @@ def kill_02_after(checkpoint: Path, overrides: list[str]) -> None:
         proc.wait()
 
 
+@pytest.mark.slow  # real processes, 10-17 s: in the full suite, not make test-fast
 def test_sigkill_then_rerun_resumes_to_the_same_adapter(finished_run, tiny_model_dir, tmp_path):
     overrides, reference = finished_run  # the uninterrupted run
     root = tmp_path / "root"

@@ -200,6 +200,7 @@ def browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+@pytest.mark.slow  # real processes, 10-17 s: in the full suite, not make test-fast
 def test_page_in_headless_chromium_types_a_title_clicks_and_shows_both_outputs(web_run, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
