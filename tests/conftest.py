@@ -200,6 +200,32 @@ def write_tiny_adapter(model_dir: Path, folder: Path, template_name: str = "chat
     return folder
 
 
+def write_embedded_adapter(cfg, paths) -> None:
+    """A small random LoRA (r=4 on q_proj and v_proj, B ~ N(0, 0.02), seed 0) on the embedded
+    SmolLM2-135M, written as 02 writes runs/<run>/adapter/ (chat template): 03 and 05 on the real
+    model without training it first."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prodesc import atomic, models
+    from prodesc.templates import BUILTIN
+
+    base = models.resolve_model_path(cfg, paths)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    peft_model.save_pretrained(str(paths.adapter))
+    AutoTokenizer.from_pretrained(base).save_pretrained(str(paths.adapter))
+    atomic.write_json(paths.adapter / "prompt_template.json", BUILTIN["chat"].to_dict())
+
+
 EVAL_OVERRIDES = ["eval.rows=6", "eval.batch_size=4", "eval.max_new_tokens=8"]
 """A quick evaluation on the tiny model: 6 test rows, 8 new tokens."""
 

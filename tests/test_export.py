@@ -23,6 +23,7 @@ from conftest import (
     stage_env,
     stage_paths,
     tiny_overrides,
+    write_embedded_adapter,
     write_prepared,
     write_tiny_adapter,
 )
@@ -286,11 +287,8 @@ def test_embedded_model_gguf_round_trip(tmp_path, fake_hub, capfd):
     import time
 
     import gguf
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prodesc import atomic, models, prepare
+    from prodesc import prepare
 
     if not (install.converter_dir() / "convert_hf_to_gguf.py").is_file():
         pytest.skip("the GGUF converter is not installed (src/00_install.py)")
@@ -298,19 +296,7 @@ def test_embedded_model_gguf_round_trip(tmp_path, fake_hub, capfd):
                  "hub.repo=me/smol-descriptions"]
     assert prepare.main(["--preset", "cpu", *overrides]) == 0
     cfg, paths = stage_paths(overrides)
-    base = models.resolve_model_path(cfg, paths)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    )
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    peft_model.save_pretrained(str(paths.adapter))
-    AutoTokenizer.from_pretrained(base).save_pretrained(str(paths.adapter))
-    atomic.write_json(paths.adapter / "prompt_template.json", BUILTIN["chat"].to_dict())
+    write_embedded_adapter(cfg, paths)
     start = time.monotonic()
     assert run(overrides) == 0
     seconds = time.monotonic() - start

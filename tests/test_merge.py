@@ -16,6 +16,7 @@ from conftest import (
     stage_env,
     stage_paths,
     tiny_overrides,
+    write_embedded_adapter,
     write_prepared,
     write_tiny_adapter,
 )
@@ -532,12 +533,7 @@ def one_torch_thread():
 @pytest.mark.slow
 def test_embedded_model_end_to_end(tmp_path, one_torch_thread):
     """01 on the bundled sample, a small random LoRA on SmolLM2-135M, then 03 (< 2 min on 2 cores)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from prodesc import atomic, models, prepare
-    from prodesc.templates import BUILTIN
+    from prodesc import prepare
 
     overrides = [
         f"paths.root={tmp_path}",
@@ -548,19 +544,7 @@ def test_embedded_model_end_to_end(tmp_path, one_torch_thread):
     ]
     assert prepare.main(["--preset", "cpu", *overrides]) == 0
     cfg, paths = stage_paths(overrides)
-    base = models.resolve_model_path(cfg, paths)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    )
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    peft_model.save_pretrained(str(paths.adapter))
-    AutoTokenizer.from_pretrained(base).save_pretrained(str(paths.adapter))
-    atomic.write_json(paths.adapter / "prompt_template.json", BUILTIN["chat"].to_dict())
+    write_embedded_adapter(cfg, paths)
     assert run(overrides) == 0
     m = json.loads((paths.eval / "metrics.json").read_text())
     assert m["merge_check"]["passed"] and m["rows"] == 3
