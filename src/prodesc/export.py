@@ -116,10 +116,7 @@ def model_template(paths: RunPaths) -> templates.PromptTemplate:
         return models.adapter_template(paths)
     stored = paths.merged / models.TEMPLATE_FILE
     if models.is_model_dir(paths.merged) and stored.is_file():
-        try:
-            return templates.from_dict(json.loads(stored.read_text(encoding="utf-8")), where=str(stored))
-        except ValueError as err:
-            raise UserError(f"{stored} is unreadable ({err}): run 03_merge_fp16.py again with overwrite=true") from None
+        return templates.from_dict(models.read_json(stored), where=str(stored))
     raise UserError(
         f"nothing to export in {paths.run}: no merged model ({paths.merged}) and no adapter ({paths.adapter}); "
         "run 02_sft_qlora.py and 03_merge_fp16.py first (with the same --preset/--root and paths.run)"
